@@ -1,0 +1,84 @@
+"""sttrouter: one async streaming interface to every speech-to-text engine, routed by
+device tier, network, thermal state, health, load and cost, with mid-stream failover
+that loses no audio.
+"""
+
+from sttrouter.audio import ENGINE_FORMAT, AudioConverter, AudioFormat, Encoding, read_audio
+from sttrouter.clock import Clock, SystemClock
+from sttrouter.errors import (
+    AlreadyStreaming,
+    AudioFormatError,
+    AuthenticationFailed,
+    CallerError,
+    ConfigError,
+    ConnectionFailed,
+    ConnectTimeout,
+    EmptyTranscripts,
+    EndpointMisconfigured,
+    ErrorKind,
+    MalformedResponse,
+    MissingDependency,
+    NoEndpointAvailable,
+    NotStreaming,
+    PermanentError,
+    QuotaExceeded,
+    RateLimited,
+    StreamingFailed,
+    StreamStalled,
+    STTError,
+    TransientError,
+)
+from sttrouter.metrics import STTMetrics
+from sttrouter.panel.device import Conditions, DeviceTier, NetworkStatus, ThermalState
+from sttrouter.panel.endpoint import ConnectionConfig, Location, Provider, STTEndpoint
+from sttrouter.results import STTResult, Transcript, WordTimestamp
+from sttrouter.service import AudioStream, BaseSTTService, STTService
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ENGINE_FORMAT",
+    "AlreadyStreaming",
+    "AudioConverter",
+    "AudioFormat",
+    "AudioFormatError",
+    "AudioStream",
+    "AuthenticationFailed",
+    "BaseSTTService",
+    "CallerError",
+    "Clock",
+    "Conditions",
+    "ConfigError",
+    "ConnectTimeout",
+    "ConnectionConfig",
+    "ConnectionFailed",
+    "DeviceTier",
+    "EmptyTranscripts",
+    "Encoding",
+    "EndpointMisconfigured",
+    "ErrorKind",
+    "Location",
+    "MalformedResponse",
+    "MissingDependency",
+    "NetworkStatus",
+    "NoEndpointAvailable",
+    "NotStreaming",
+    "PermanentError",
+    "Provider",
+    "QuotaExceeded",
+    "RateLimited",
+    "STTEndpoint",
+    "STTError",
+    "STTMetrics",
+    "STTResult",
+    "STTService",
+    "StreamStalled",
+    "StreamingFailed",
+    "SystemClock",
+    "ThermalState",
+    "Transcript",
+    "TransientError",
+    "WordTimestamp",
+    "__version__",
+    "read_audio",
+]

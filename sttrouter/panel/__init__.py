@@ -1,0 +1,1 @@
+"""The patch panel: endpoints, conditions, policy and routing decisions. Pure: no I/O."""

@@ -1,0 +1,532 @@
+"""The contract every engine adapter and the routed session fulfil.
+
+:class:`STTService` is the protocol (a port of UnaMentis' Swift ``STTServiceProtocol``).
+:class:`BaseSTTService` owns everything that is not engine-specific: the state machine, the
+bounded result channel, input validation and conversion, latency/cost metrics, background tasks
+and error translation. An adapter writes four hooks::
+
+    async def _open(self) -> None            # connect; raise an STTError when it cannot
+    async def _send(self, pcm: bytes) -> None  # audio already in self.engine_format
+    async def _finish(self) -> None          # flush, emit the last results, close
+    async def _abort(self) -> None           # close now
+
+and reports results with ``await self._emit(result)`` (times on its own stream's timeline,
+0 = first sample of this stream) and failures with ``self._fail(error)``. Long-running receive
+loops are started with ``self._spawn(coro)``; an exception escaping one fails the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import enum
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import anyio
+import attrs
+
+from sttrouter.audio import ENGINE_FORMAT, AudioChunk, AudioConverter, AudioFormat, read_audio
+from sttrouter.clock import SYSTEM_CLOCK, Clock
+from sttrouter.errors import (
+    AlreadyStreaming,
+    AudioFormatError,
+    NotStreaming,
+    StreamingFailed,
+    STTError,
+)
+from sttrouter.metrics import STTMetrics
+from sttrouter.panel.endpoint import STTEndpoint
+from sttrouter.results import STTResult, Transcript
+
+__all__ = [
+    "AudioInput",
+    "AudioStream",
+    "BaseSTTService",
+    "STTService",
+    "iter_chunks",
+    "load_input",
+    "stream_transcribe",
+]
+
+AudioInput = AudioChunk | str | Path
+"""What ``transcribe`` accepts: raw audio (with its format) or a path to an audio file."""
+
+
+@runtime_checkable
+class STTService(Protocol):
+    """One async streaming interface to a speech-to-text engine.
+
+    One stream at a time per instance: ``start_streaming`` while streaming raises
+    :class:`~sttrouter.errors.AlreadyStreaming`; ``send_audio``/``stop_streaming`` without a
+    stream raise :class:`~sttrouter.errors.NotStreaming`.
+    """
+
+    endpoint: STTEndpoint
+
+    @property
+    def metrics(self) -> STTMetrics: ...
+
+    @property
+    def cost_per_hour(self) -> Decimal: ...
+
+    @property
+    def is_streaming(self) -> bool: ...
+
+    async def start_streaming(
+        self, audio_format: AudioFormat = ENGINE_FORMAT
+    ) -> AsyncIterator[STTResult]:
+        """Open a stream; iterate the returned iterator for results.
+
+        The iterator ends after ``stop_streaming`` delivered the last final, and raises the
+        stream's :class:`~sttrouter.errors.STTError` if the engine failed.
+        """
+        ...
+
+    async def send_audio(self, chunk: AudioChunk) -> None:
+        """Send one chunk in the format given to ``start_streaming``."""
+        ...
+
+    async def stop_streaming(self) -> STTResult | None:
+        """Flush, wait for the last final, close; returns the last final result."""
+        ...
+
+    async def cancel_streaming(self) -> None:
+        """Close now without waiting for results. Safe to call at any time."""
+        ...
+
+    async def transcribe(
+        self, audio: AudioInput, audio_format: AudioFormat | None = None
+    ) -> Transcript:
+        """Transcribe a whole clip or file."""
+        ...
+
+    def stream(
+        self, audio_format: AudioFormat = ENGINE_FORMAT
+    ) -> AbstractAsyncContextManager[AudioStream]:
+        """``async with service.stream(fmt) as s:`` — always cleans up."""
+        ...
+
+    async def probe(self) -> None:
+        """Check the engine is reachable without billing a transcription; raise if not."""
+        ...
+
+
+class _State(enum.Enum):
+    IDLE = "idle"
+    STREAMING = "streaming"
+    STOPPING = "stopping"
+
+
+class ResultChannel:
+    """A bounded single-stream channel of results: ``send`` waits while it is full.
+
+    ``close`` lets the reader drain what is buffered, then ends its iteration; results sent
+    after ``close`` are dropped.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._items: deque[STTResult] = deque()
+        self._capacity = capacity
+        self._closed = False
+        self._readable = asyncio.Event()
+        self._writable = asyncio.Event()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def send(self, item: STTResult) -> None:
+        while len(self._items) >= self._capacity and not self._closed:
+            self._writable.clear()
+            await self._writable.wait()
+        if self._closed:
+            return
+        self._items.append(item)
+        self._readable.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self._readable.set()
+        self._writable.set()
+
+    def __aiter__(self) -> ResultChannel:
+        return self
+
+    async def __anext__(self) -> STTResult:
+        while not self._items:
+            if self._closed:
+                raise StopAsyncIteration
+            self._readable.clear()
+            await self._readable.wait()
+        item = self._items.popleft()
+        self._writable.set()
+        return item
+
+
+class _Stream:
+    """Everything that belongs to one stream of a service."""
+
+    def __init__(self, source: AudioFormat, target: AudioFormat, buffer: int) -> None:
+        self.send = ResultChannel(buffer)
+        self.source = source
+        self.target = target
+        self.converter = AudioConverter(source, target)
+        self.failure: STTError | None = None
+        self.engine_seconds = 0.0
+        self.mark_ends: list[float] = []
+        self.mark_times: list[float] = []
+        self.last_final: STTResult | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def mark(self, seconds: float, now: float) -> None:
+        self.engine_seconds += seconds
+        self.mark_ends.append(self.engine_seconds)
+        self.mark_times.append(now)
+
+    def latency_for(self, end: float, now: float) -> float | None:
+        """Seconds since the audio ending at ``end`` was sent."""
+        if not self.mark_ends:
+            return None
+        i = bisect.bisect_left(self.mark_ends, end - 1e-9)
+        i = min(i, len(self.mark_ends) - 1)
+        return max(0.0, now - self.mark_times[i])
+
+    def forget_before(self, end: float) -> None:
+        i = bisect.bisect_left(self.mark_ends, end - 1e-9)
+        if i > 0:
+            del self.mark_ends[:i]
+            del self.mark_times[:i]
+
+
+async def _results(stream: _Stream) -> AsyncIterator[STTResult]:
+    async for result in stream.send:
+        yield result
+    if stream.failure is not None:
+        raise stream.failure
+
+
+def iter_chunks(data: bytes, fmt: AudioFormat, seconds: float = 0.1) -> list[bytes]:
+    """Split raw audio into whole-frame chunks of ``seconds`` each (the last may be shorter)."""
+    size = max(fmt.frame_bytes, fmt.bytes_for(seconds))
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+def load_input(audio: AudioInput, audio_format: AudioFormat | None) -> tuple[bytes, AudioFormat]:
+    """Normalise ``transcribe``'s input to raw bytes plus their format."""
+    if isinstance(audio, str | Path):
+        data, fmt = read_audio(audio)
+        return data, fmt
+    fmt = audio_format or ENGINE_FORMAT
+    converter = AudioConverter(fmt, fmt)
+    data = converter.convert(audio)  # validates
+    if not data:
+        raise AudioFormatError("audio is empty; pass at least one sample")
+    return data, fmt
+
+
+@attrs.define
+class AudioStream:
+    """Handle yielded by ``service.stream(fmt)``: send audio, iterate results, stop."""
+
+    service: STTService
+    results: AsyncIterator[STTResult]
+    stopped: bool = False
+
+    async def send(self, chunk: AudioChunk) -> None:
+        await self.service.send_audio(chunk)
+
+    async def stop(self) -> STTResult | None:
+        self.stopped = True
+        return await self.service.stop_streaming()
+
+    def __aiter__(self) -> AsyncIterator[STTResult]:
+        return self.results
+
+
+class BaseSTTService:
+    """Shared machinery for :class:`STTService` implementations (see the module docstring).
+
+    Class attributes an adapter may override:
+        engine_format: what ``_send`` receives (default 16 kHz mono s16le).
+        result_buffer: capacity of the result channel; a consumer that does not read makes
+            the engine wait once it is full.
+    """
+
+    engine_format: AudioFormat = ENGINE_FORMAT
+    result_buffer: int = 1024
+
+    def __init__(self, endpoint: STTEndpoint, *, clock: Clock | None = None) -> None:
+        self.endpoint = endpoint
+        self.clock: Clock = clock or SYSTEM_CLOCK
+        self._metrics = STTMetrics(endpoint.cost_per_hour)
+        self._state = _State.IDLE
+        self._stream: _Stream | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(endpoint={self.endpoint.id!r}, state={self._state.value})"
+
+    # -- public surface -------------------------------------------------------------------
+    @property
+    def metrics(self) -> STTMetrics:
+        return self._metrics
+
+    @property
+    def cost_per_hour(self) -> Decimal:
+        return self.endpoint.cost_per_hour
+
+    @property
+    def is_streaming(self) -> bool:
+        return self._state is not _State.IDLE
+
+    async def start_streaming(
+        self, audio_format: AudioFormat = ENGINE_FORMAT
+    ) -> AsyncIterator[STTResult]:
+        if self._state is not _State.IDLE:
+            raise AlreadyStreaming(
+                f"{self.endpoint.id} is already streaming; stop or cancel the current stream "
+                "first, or use one service instance per stream",
+                endpoint_id=self.endpoint.id,
+            )
+        stream = _Stream(audio_format, self.engine_format, self.result_buffer)
+        self._stream = stream
+        self._state = _State.STREAMING
+        try:
+            await self._open()
+        except BaseException as exc:
+            await self._teardown(stream)
+            if isinstance(exc, Exception):
+                raise self._translate(exc) from exc
+            raise
+        return _results(stream)
+
+    async def send_audio(self, chunk: AudioChunk) -> None:
+        stream = self._require_stream("send_audio")
+        if stream.failure is not None:
+            raise stream.failure
+        data = stream.converter.convert(chunk)
+        self._metrics.audio_sent(
+            stream.source.seconds(_nbytes(chunk, stream.source)), self.clock.now()
+        )
+        await self._push(stream, data)
+
+    async def stop_streaming(self) -> STTResult | None:
+        stream = self._require_stream("stop_streaming")
+        if self._state is _State.STOPPING:
+            raise NotStreaming(f"{self.endpoint.id}: stop_streaming is already in progress")
+        self._state = _State.STOPPING
+        try:
+            if stream.failure is None:
+                await self._push(stream, stream.converter.flush())
+                await self._call(stream, self._finish())
+        finally:
+            await self._teardown(stream)
+        if stream.failure is not None:
+            raise stream.failure
+        return stream.last_final
+
+    async def cancel_streaming(self) -> None:
+        stream = self._stream
+        if stream is None:
+            return
+        try:
+            with anyio.CancelScope(shield=True):
+                await self._abort()
+        except Exception:  # closing a broken connection may fail; nothing to report
+            pass
+        finally:
+            await self._teardown(stream)
+
+    async def transcribe(
+        self, audio: AudioInput, audio_format: AudioFormat | None = None
+    ) -> Transcript:
+        data, fmt = load_input(audio, audio_format)
+        return await self._transcribe(data, fmt)
+
+    @asynccontextmanager
+    async def stream(self, audio_format: AudioFormat = ENGINE_FORMAT) -> AsyncIterator[AudioStream]:
+        results = await self.start_streaming(audio_format)
+        handle = AudioStream(self, results)
+        try:
+            yield handle
+        except BaseException:
+            await self.cancel_streaming()
+            raise
+        else:
+            if not handle.stopped and self.is_streaming:
+                await self.stop_streaming()
+
+    async def probe(self) -> None:
+        """Default: nothing to check (in-process engines). Network adapters override."""
+
+    # -- hooks for adapters ---------------------------------------------------------------
+    async def _open(self) -> None:
+        """Connect. Raise an :class:`STTError` when the engine cannot be used."""
+
+    async def _send(self, pcm: bytes) -> None:
+        raise NotImplementedError
+
+    async def _finish(self) -> None:
+        """Flush, emit the remaining results and close."""
+
+    async def _abort(self) -> None:
+        """Close immediately."""
+
+    async def _transcribe(self, data: bytes, fmt: AudioFormat) -> Transcript:
+        """Batch transcription; the default streams the clip through this service."""
+        return await stream_transcribe(self, data, fmt)
+
+    def _translate(self, exc: Exception) -> STTError:
+        """Map a foreign exception to the most specific :class:`STTError` (adapters extend)."""
+        if isinstance(exc, STTError):
+            if exc.endpoint_id is None:
+                exc.endpoint_id = self.endpoint.id
+            return exc
+        return StreamingFailed(
+            f"unexpected {type(exc).__name__}: {exc}", endpoint_id=self.endpoint.id
+        )
+
+    # -- helpers for adapters -------------------------------------------------------------
+    @property
+    def stream_seconds(self) -> float:
+        """Seconds of engine-format audio sent in the current stream."""
+        return self._stream.engine_seconds if self._stream else 0.0
+
+    async def _emit(self, result: STTResult) -> None:
+        """Deliver one result (times on this stream's timeline)."""
+        stream = self._stream
+        if stream is None or stream.failure is not None:
+            return
+        now = self.clock.now()
+        latency = result.latency
+        if latency is None:
+            latency = stream.latency_for(result.end, now)
+        result = attrs.evolve(result, latency=latency, timestamp=now, endpoint_id=self.endpoint.id)
+        self._metrics.result_received(
+            latency=latency, is_final=result.is_final, words=_word_count(result), now=now
+        )
+        if result.is_final:
+            stream.last_final = result
+            stream.forget_before(result.end)
+        await stream.send.send(result)  # dropped if the stream was already closed
+
+    def _fail(self, error: BaseException) -> None:
+        """Fail the current stream: the result iterator and the next call raise ``error``."""
+        stream = self._stream
+        if stream is None or stream.failure is not None:
+            return
+        translated = error if isinstance(error, STTError) else self._translate(error)  # type: ignore[arg-type]
+        if translated.endpoint_id is None:
+            translated.endpoint_id = self.endpoint.id
+        stream.failure = translated
+        self._metrics.error()
+        stream.send.close()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run ``coro`` for the life of the stream; an exception from it fails the stream."""
+        stream = self._stream
+        assert stream is not None, "_spawn outside a stream"
+        task = asyncio.get_running_loop().create_task(self._guard(coro))
+        stream.tasks.add(task)
+        task.add_done_callback(stream.tasks.discard)
+        return task
+
+    async def _guard(self, coro: Awaitable[None]) -> None:
+        try:
+            await coro
+        except Exception as exc:
+            self._fail(self._translate(exc))
+
+    # -- internals ------------------------------------------------------------------------
+    def _require_stream(self, what: str) -> _Stream:
+        if self._stream is None or self._state is _State.IDLE:
+            raise NotStreaming(
+                f"{what} called on {self.endpoint.id} with no stream running; "
+                "call start_streaming first",
+                endpoint_id=self.endpoint.id,
+            )
+        return self._stream
+
+    async def _push(self, stream: _Stream, data: bytes) -> None:
+        if not data:
+            return
+        stream.mark(stream.target.seconds(len(data)), self.clock.now())
+        await self._call(stream, self._send(data))
+        if stream.failure is not None:
+            raise stream.failure
+
+    async def _call(self, stream: _Stream, coro: Awaitable[None]) -> None:
+        try:
+            await coro
+        except Exception as exc:
+            self._fail(self._translate(exc))
+            assert stream.failure is not None
+            raise stream.failure from exc
+
+    async def _teardown(self, stream: _Stream) -> None:
+        for task in list(stream.tasks):
+            task.cancel()
+        for task in list(stream.tasks):
+            with anyio.CancelScope(shield=True):
+                with suppress(asyncio.CancelledError, Exception):
+                    await task
+        stream.send.close()
+        if self._stream is stream:
+            self._stream = None
+            self._state = _State.IDLE
+
+
+def _nbytes(chunk: AudioChunk, fmt: AudioFormat) -> int:
+    if isinstance(chunk, bytes | bytearray | memoryview):
+        return len(chunk)
+    frames = chunk.shape[0] if chunk.ndim else 0
+    return int(frames) * fmt.frame_bytes
+
+
+def _word_count(result: STTResult) -> int:
+    return len(result.words) if result.words else len(result.transcript.split())
+
+
+async def stream_transcribe(
+    service: STTService,
+    data: bytes,
+    fmt: AudioFormat,
+    *,
+    chunk_seconds: float = 0.1,
+    on_result: Callable[[STTResult], None] | None = None,
+) -> Transcript:
+    """Transcribe a clip by streaming it through ``service`` as fast as it accepts audio."""
+    collected: list[STTResult] = []
+    failure: BaseException | None = None
+    results = await service.start_streaming(fmt)
+
+    async def collect() -> None:
+        nonlocal failure
+        try:
+            async for r in results:
+                collected.append(r)
+                if on_result is not None:
+                    on_result(r)
+        except STTError as exc:
+            failure = exc
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(collect)
+            try:
+                for chunk in iter_chunks(data, fmt, chunk_seconds):
+                    await service.send_audio(chunk)
+                await service.stop_streaming()
+            except STTError as exc:
+                failure = failure or exc
+                await service.cancel_streaming()
+    except BaseException:
+        await service.cancel_streaming()
+        raise
+    if failure is not None:
+        raise failure
+    return Transcript.from_results(collected, duration=fmt.seconds(len(data)))

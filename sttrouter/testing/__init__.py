@@ -1,0 +1,35 @@
+"""Test kit for sttrouter users: fakes, fault plans, a virtual clock and a conformance check.
+
+Everything here is public API. Typical use::
+
+    from sttrouter.testing import FakeClock, FakeSTTService, FaultPlan, synthetic_speech
+
+    clock = FakeClock()
+    primary = FakeSTTService(
+        fake_endpoint("primary"), faults=FaultPlan.drop_after(1.0), clock=clock
+    )
+"""
+
+from sttrouter.testing._clock import FakeClock, settle
+from sttrouter.testing._conformance import ConformanceError, ServiceFactory, check_stt_service
+from sttrouter.testing._fake_service import FakeSTTService, Utterance, fake_endpoint
+from sttrouter.testing._faults import Fault, FaultKind, FaultPlan
+from sttrouter.testing._speech import MARK_BASE, SyntheticSpeech, mark_word, synthetic_speech
+
+__all__ = [
+    "MARK_BASE",
+    "ConformanceError",
+    "FakeClock",
+    "FakeSTTService",
+    "Fault",
+    "FaultKind",
+    "FaultPlan",
+    "ServiceFactory",
+    "SyntheticSpeech",
+    "Utterance",
+    "check_stt_service",
+    "fake_endpoint",
+    "mark_word",
+    "settle",
+    "synthetic_speech",
+]
