@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import itertools
 
+import anyio
 import pytest
 
 from sttrouter.audio import ENGINE_FORMAT
@@ -134,9 +135,12 @@ async def test_added_latency_on_fake_clock() -> None:
     for c in speech.chunks():
         await svc.send_audio(c)
     await clock.advance(0.3)
-    await svc.stop_streaming()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(svc.stop_streaming)
+        await clock.advance(0.3)  # the final flushed at stop is late too
     out = [r async for r in results]
-    assert [r.transcript for r in out] == ["w1", "w1 w2", "w1 w2"]
+    # interims, the utterance final, then the final of the trailing silence flushed at stop
+    assert [r.transcript for r in out] == ["w1", "w1 w2", "w1 w2", ""]
     assert all(r.latency is not None and r.latency >= 0.25 for r in out)
 
 
@@ -146,4 +150,4 @@ async def test_fault_only_on_first_stream() -> None:
     with pytest.raises(ConnectionFailed):
         await svc.start_streaming()
     out = await run(svc, speech.pcm)
-    assert out[-1].transcript == "w1 w2"
+    assert [r.transcript for r in out if r.is_final] == ["w1 w2", ""]
