@@ -431,6 +431,8 @@ class BaseSTTService:
         stream = self._stream
         assert stream is not None, "_spawn outside a stream"
         task = asyncio.get_running_loop().create_task(self._guard(coro))
+        # a task cancelled before its first step never awaits coro: close it (no warning)
+        task.add_done_callback(lambda _t: coro.close())
         stream.tasks.add(task)
         task.add_done_callback(stream.tasks.discard)
         return task
