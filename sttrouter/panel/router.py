@@ -1,0 +1,400 @@
+"""``Router.decide``: conditions in, an ordered chain of endpoints and the reason for every
+endpoint out. Pure and deterministic; no I/O.
+
+How a decision is made (see ``docs/routing.md``):
+
+1. When the registry changes (its ``version``), the policy is *compiled* against it: for each of
+   the 48 tier × network × thermal combinations, the first matching rule's selectors are
+   resolved into an ordered candidate list, and every endpoint whose static needs fail
+   (network, tier, heat) or that the rule excludes gets its reason. The offline engine is moved
+   to the end.
+2. Per call: one dict lookup on ``(tier, network, thermal)``, then the candidates are filtered
+   by what only the call knows: memory, language, streaming, API key present in the
+   environment, and the health view (breaker). The result is memoised on exactly those inputs.
+
+Reasons, in precedence order (the first that applies is reported): ``needs_network``,
+``tier_too_low``, ``too_hot``, ``not_in_policy``, ``insufficient_memory``,
+``language_unsupported``, ``not_streaming``, ``no_api_key``, ``breaker_open``.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import attrs
+
+from sttrouter.panel.device import Conditions, DeviceTier, NetworkStatus, ThermalState
+from sttrouter.panel.endpoint import STTEndpoint
+from sttrouter.panel.policy import ALL_COMBOS, Combo, Policy, Unlisted, default_policy
+from sttrouter.panel.policy import resolve_selector as _resolve
+from sttrouter.panel.policy import tie_break_key as _tie_key
+from sttrouter.panel.registry import EndpointRegistry
+
+__all__ = ["Decision", "HealthView", "Router", "SkipReason", "Verdict"]
+
+
+class SkipReason(enum.StrEnum):
+    """Why an endpoint is not in a decision's chain."""
+
+    NEEDS_NETWORK = "needs_network"
+    TIER_TOO_LOW = "tier_too_low"
+    TOO_HOT = "too_hot"
+    NOT_IN_POLICY = "not_in_policy"
+    INSUFFICIENT_MEMORY = "insufficient_memory"
+    LANGUAGE_UNSUPPORTED = "language_unsupported"
+    NOT_STREAMING = "not_streaming"
+    NO_API_KEY = "no_api_key"
+    BREAKER_OPEN = "breaker_open"
+
+
+class HealthView(Protocol):
+    """What the router may ask about endpoint health (implemented by the resilience layer)."""
+
+    def is_available(self, endpoint_id: str) -> bool:
+        """False when the endpoint's breaker is open or it is known unhealthy."""
+        ...
+
+
+@attrs.frozen
+class Verdict:
+    """One endpoint's place in a decision: its ``rank`` in the chain, or why it is out."""
+
+    endpoint_id: str
+    rank: int | None
+    reason: SkipReason | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "endpoint": self.endpoint_id,
+            "rank": self.rank,
+            "reason": None if self.reason is None else self.reason.value,
+        }
+
+
+def describe(reason: SkipReason, ep: STTEndpoint, d: Decision) -> str:
+    """A sentence saying why ``ep`` was left out of ``d``."""
+    c = d.conditions
+    if reason is SkipReason.NEEDS_NETWORK:
+        return "needs the network; the device is disconnected"
+    if reason is SkipReason.TIER_TOO_LOW:
+        return f"needs device tier {ep.min_tier.value} or better; this one is {c.tier.value}"
+    if reason is SkipReason.TOO_HOT:
+        return f"allowed up to {ep.max_thermal.value} heat; the device is {c.thermal.value}"
+    if reason is SkipReason.NOT_IN_POLICY:
+        return f"left out by policy rule {d.rule!r}"
+    if reason is SkipReason.INSUFFICIENT_MEMORY:
+        return f"needs {ep.memory_gb:g} GB of memory; {c.memory_gb:g} GB available"
+    if reason is SkipReason.LANGUAGE_UNSUPPORTED:
+        return f"does not transcribe {d.language!r}"
+    if reason is SkipReason.NOT_STREAMING:
+        return "cannot stream, and a streaming session was asked for"
+    if reason is SkipReason.NO_API_KEY:
+        return f"environment variable {ep.connection.api_key_env} is not set"
+    return "unavailable: circuit breaker open or unhealthy"
+
+
+@attrs.frozen
+class Decision:
+    """The outcome of :meth:`Router.decide`.
+
+    Attributes:
+        conditions: what it was decided for.
+        language: the requested language (lower case) or ``None``.
+        streaming: whether a streaming session was asked for.
+        chain: endpoints to try, best first.
+        verdicts: one per registered endpoint, in registration order.
+        rule: the policy rule that matched (``None`` when none did).
+        endpoints: every registered endpoint at decision time (for explanations).
+    """
+
+    conditions: Conditions
+    language: str | None
+    streaming: bool
+    chain: tuple[STTEndpoint, ...]
+    verdicts: tuple[Verdict, ...]
+    rule: str | None = None
+    endpoints: tuple[STTEndpoint, ...] = attrs.field(default=(), repr=False)
+
+    @property
+    def chain_ids(self) -> tuple[str, ...]:
+        return tuple(ep.id for ep in self.chain)
+
+    @property
+    def primary(self) -> STTEndpoint | None:
+        return self.chain[0] if self.chain else None
+
+    def verdict(self, endpoint_id: str) -> Verdict:
+        for v in self.verdicts:
+            if v.endpoint_id == endpoint_id:
+                return v
+        raise KeyError(endpoint_id)
+
+    def skipped(self) -> dict[str, SkipReason]:
+        return {v.endpoint_id: v.reason for v in self.verdicts if v.reason is not None}
+
+    def _detail(self, v: Verdict) -> str | None:
+        if v.reason is None:
+            return None
+        ep = next((e for e in self.endpoints if e.id == v.endpoint_id), None)
+        return v.reason.value if ep is None else describe(v.reason, ep, self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (only ids, enums as strings; never connection secrets)."""
+        c = self.conditions
+        return {
+            "conditions": {
+                "tier": c.tier.value,
+                "network": c.network.value,
+                "thermal": c.thermal.value,
+                "memory_gb": c.memory_gb,
+            },
+            "language": self.language,
+            "streaming": self.streaming,
+            "rule": self.rule,
+            "chain": [ep.id for ep in self.chain],
+            "verdicts": [{**v.to_dict(), "detail": self._detail(v)} for v in self.verdicts],
+        }
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    def explain(self) -> str:
+        """A human table: the chain in order, then every skipped endpoint and why."""
+        c = self.conditions
+        head = (
+            f"tier={c.tier.value} network={c.network.value} thermal={c.thermal.value}"
+            + (f" memory={c.memory_gb:g}GB" if c.memory_gb is not None else "")
+            + f" language={self.language or 'any'} streaming={'yes' if self.streaming else 'no'}"
+        )
+        lines = [head, f"rule: {self.rule or '(none matched)'}"]
+        by_id = {ep.id: ep for ep in self.endpoints}
+        rows = [("#", "endpoint", "provider", "location", "why")]
+        for v in sorted(self.verdicts, key=lambda v: (v.rank is None, v.rank or 0)):
+            ep = by_id.get(v.endpoint_id)
+            prov = ep.provider if ep else "?"
+            loc = ep.location.value if ep else "?"
+            if v.rank is not None:
+                rows.append((str(v.rank + 1), v.endpoint_id, prov, loc, "chosen"))
+            else:
+                rows.append(("-", v.endpoint_id, prov, loc, f"{v.reason}: {self._detail(v)}"))
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        for r in rows:
+            lines.append("  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4])
+        if not self.chain:
+            lines.append("no endpoint can serve under these conditions")
+        return "\n".join(lines)
+
+
+# --- compiled state ---------------------------------------------------------------------------
+
+_OK = None
+
+
+@attrs.frozen
+class _Candidate:
+    index: int
+    endpoint: STTEndpoint
+    languages: frozenset[str]
+    streams: bool
+    key_env: str | None
+    memory_gb: float | None
+
+
+@attrs.frozen
+class _Plan:
+    rule: str | None
+    candidates: tuple[_Candidate, ...]
+    template: tuple[Verdict | None, ...]  # static verdicts by registration index; None = candidate
+
+
+@attrs.frozen
+class _Compiled:
+    version: int
+    endpoints: tuple[STTEndpoint, ...]
+    plans: Mapping[Combo, _Plan]
+    # prebuilt verdicts: ranked[i][rank] and skipped[i][reason]
+    ranked: tuple[tuple[Verdict, ...], ...]
+    skipped: tuple[Mapping[SkipReason, Verdict], ...]
+
+
+def _static_reason(ep: STTEndpoint, combo: Combo) -> SkipReason | None:
+    tier, network, thermal = combo
+    if ep.needs_network and network is NetworkStatus.DISCONNECTED:
+        return SkipReason.NEEDS_NETWORK
+    if tier.rank < ep.min_tier.rank:
+        return SkipReason.TIER_TOO_LOW
+    if thermal.rank > ep.max_thermal.rank:
+        return SkipReason.TOO_HOT
+    return None
+
+
+def _is_last_resort(ep: STTEndpoint) -> bool:
+    return ep.provider == "offline"
+
+
+def _order(
+    policy: Policy, endpoints: tuple[STTEndpoint, ...], combo: Combo
+) -> tuple[str | None, list[int], set[int]]:
+    """(rule name, ordered indices of endpoints in the chain before filtering, excluded set)."""
+    rule = policy.rule_for(*combo)
+    excluded: set[int] = set()
+    order: list[int] = []
+    if rule is not None:
+        for sel in rule.exclude:
+            excluded.update(_resolve(sel, endpoints))
+        for sel in rule.prefer:
+            for i in _resolve(sel, endpoints):
+                if i not in order:
+                    order.append(i)
+    rest = sorted(
+        (i for i in range(len(endpoints)) if i not in order),
+        key=lambda i: _tie_key(endpoints[i], i),
+    )
+    if policy.unlisted is Unlisted.APPEND:
+        order.extend(rest)
+    else:
+        excluded.update(i for i in rest if not _is_last_resort(endpoints[i]))
+    # the last resort: always allowed, always last
+    last = [i for i in order if _is_last_resort(endpoints[i])]
+    last += [i for i in rest if _is_last_resort(endpoints[i]) and i not in last]
+    last.sort(key=lambda i: _tie_key(endpoints[i], i))
+    order = [i for i in order if i not in last] + last
+    excluded.difference_update(last)
+    return (None if rule is None else rule.name), order, excluded
+
+
+def _compile(policy: Policy, registry: EndpointRegistry) -> _Compiled:
+    endpoints = registry.endpoints
+    n = len(endpoints)
+    skipped = tuple({r: Verdict(ep.id, None, r) for r in SkipReason} for ep in endpoints)
+    ranked = tuple(tuple(Verdict(ep.id, k, None) for k in range(n)) for ep in endpoints)
+    plans: dict[Combo, _Plan] = {}
+    for combo in ALL_COMBOS:
+        rule, order, excluded = _order(policy, endpoints, combo)
+        template: list[Verdict | None] = [None] * n
+        candidates = []
+        for i, ep in enumerate(endpoints):
+            reason = _static_reason(ep, combo)
+            if reason is None and (i in excluded or i not in order):
+                reason = SkipReason.NOT_IN_POLICY
+            if reason is not None:
+                template[i] = skipped[i][reason]
+        for i in order:
+            if template[i] is None:
+                ep = endpoints[i]
+                candidates.append(
+                    _Candidate(
+                        i,
+                        ep,
+                        ep.supported_languages,
+                        ep.supports_streaming,
+                        ep.connection.api_key_env,
+                        ep.memory_gb,
+                    )
+                )
+        plans[combo] = _Plan(rule, tuple(candidates), tuple(template))
+    return _Compiled(registry.version, endpoints, plans, ranked, skipped)
+
+
+_MEMO_LIMIT = 4096
+
+
+class Router:
+    """Decides, for given conditions, which endpoints to try and in what order.
+
+    Args:
+        registry: the endpoints to choose from. The router recompiles when it changes.
+        policy: the rules; :func:`~sttrouter.panel.policy.default_policy` when ``None``.
+    """
+
+    def __init__(self, registry: EndpointRegistry, policy: Policy | None = None) -> None:
+        self.registry = registry
+        self.policy = default_policy() if policy is None else policy
+        self._compiled: _Compiled | None = None
+        self._memo: dict[tuple[Any, ...], Decision] = {}
+
+    def _state(self) -> _Compiled:
+        compiled = self._compiled
+        if compiled is None or compiled.version != self.registry.version:
+            compiled = self._compiled = _compile(self.policy, self.registry)
+            self._memo.clear()
+        return compiled
+
+    def decide(
+        self,
+        conditions: Conditions,
+        language: str | None = None,
+        streaming: bool = True,
+        health: HealthView | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> Decision:
+        """The ordered chain for ``conditions`` and a verdict for every registered endpoint.
+
+        Args:
+            conditions: device tier, network, thermal state and (optional) free memory.
+            language: BCP-47 code the session needs (``"en"``, ``"zh-CN"``), or ``None``.
+            streaming: the session streams (endpoints that cannot are skipped).
+            health: breaker/health view; endpoints it reports unavailable are skipped.
+            environ: where API keys are looked up (default ``os.environ``); only presence
+                is checked, values are never read into the decision.
+        """
+        state = self._state()
+        plan = state.plans[(conditions.tier, conditions.network, conditions.thermal)]
+        env = os.environ if environ is None else environ
+        lang = None if language is None else language.lower()
+        base = None if lang is None else lang.split("-", 1)[0]
+        mem = conditions.memory_gb
+        outcome: list[SkipReason | None] = []
+        for cand in plan.candidates:
+            if cand.memory_gb is not None and mem is not None and cand.memory_gb > mem:
+                outcome.append(SkipReason.INSUFFICIENT_MEMORY)
+            elif (
+                lang is not None
+                and cand.languages
+                and not (lang in cand.languages or base in cand.languages)
+            ):
+                outcome.append(SkipReason.LANGUAGE_UNSUPPORTED)
+            elif streaming and not cand.streams:
+                outcome.append(SkipReason.NOT_STREAMING)
+            elif cand.key_env is not None and not env.get(cand.key_env):
+                outcome.append(SkipReason.NO_API_KEY)
+            elif health is not None and not health.is_available(cand.endpoint.id):
+                outcome.append(SkipReason.BREAKER_OPEN)
+            else:
+                outcome.append(_OK)
+        key = (conditions, lang, streaming, tuple(outcome))
+        hit = self._memo.get(key)
+        if hit is not None:
+            return hit
+        verdicts = list(plan.template)
+        chain: list[STTEndpoint] = []
+        for cand, reason in zip(plan.candidates, outcome, strict=True):
+            if reason is None:
+                verdicts[cand.index] = state.ranked[cand.index][len(chain)]
+                chain.append(cand.endpoint)
+            else:
+                verdicts[cand.index] = state.skipped[cand.index][reason]
+        decision = Decision(
+            conditions=conditions,
+            language=lang,
+            streaming=streaming,
+            chain=tuple(chain),
+            verdicts=tuple(v for v in verdicts if v is not None),
+            rule=plan.rule,
+            endpoints=state.endpoints,
+        )
+        if len(self._memo) >= _MEMO_LIMIT:
+            self._memo.clear()
+        self._memo[key] = decision
+        return decision
+
+    def plan(
+        self, tier: DeviceTier, network: NetworkStatus, thermal: ThermalState
+    ) -> tuple[str | None, tuple[str, ...]]:
+        """The matched rule and the candidate ids before per-call filtering (for tooling)."""
+        p = self._state().plans[(tier, network, thermal)]
+        return p.rule, tuple(c.endpoint.id for c in p.candidates)
