@@ -10,10 +10,13 @@ from collections import deque
 from decimal import Decimal
 from typing import Any, Final
 
-__all__ = ["STTMetrics", "cost_for"]
+__all__ = ["LATENCY_BUCKETS", "STTMetrics", "cost_for"]
 
 _SECONDS_PER_HOUR: Final = Decimal(3600)
 _CENT_FRACTION: Final = Decimal("0.000001")
+
+LATENCY_BUCKETS: Final = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0)
+"""Upper bounds (seconds) of the cumulative latency histogram every :class:`STTMetrics` keeps."""
 
 
 def cost_for(cost_per_hour: Decimal, audio_seconds: float) -> Decimal:
@@ -33,6 +36,11 @@ class STTMetrics:
     def __init__(self, cost_per_hour: Decimal = Decimal(0), *, window: int = 10_000) -> None:
         self.cost_per_hour = cost_per_hour
         self._latencies: deque[float] = deque(maxlen=window)
+        self.latency_count = 0
+        """Latency observations ever made (not windowed)."""
+        self.latency_sum = 0.0
+        """Sum of every latency observed, seconds (not windowed)."""
+        self._latency_buckets = [0] * len(LATENCY_BUCKETS)
         self.audio_seconds = 0.0
         self.results = 0
         self.finals = 0
@@ -55,6 +63,11 @@ class STTMetrics:
         self.results += 1
         if latency is not None and latency >= 0:
             self._latencies.append(latency)
+            self.latency_count += 1
+            self.latency_sum += latency
+            i = bisect.bisect_left(LATENCY_BUCKETS, latency)
+            if i < len(self._latency_buckets):
+                self._latency_buckets[i] += 1
         if is_final:
             self.finals += 1
             self.words += words
@@ -104,6 +117,16 @@ class STTMetrics:
         """Cumulative counts of latencies ``<= b`` for each bound (for Prometheus export)."""
         ordered = sorted(self._latencies)
         return [bisect.bisect_right(ordered, b) for b in bounds]
+
+    def cumulative_latency_buckets(self) -> list[tuple[float, int]]:
+        """``(bound, count of every latency <= bound)`` for :data:`LATENCY_BUCKETS`, never
+        windowed, so the counts only grow (a Prometheus histogram; ``+Inf`` is
+        ``latency_count``)."""
+        out, total = [], 0
+        for bound, n in zip(LATENCY_BUCKETS, self._latency_buckets, strict=True):
+            total += n
+            out.append((bound, total))
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {
