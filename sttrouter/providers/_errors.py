@@ -1,0 +1,121 @@
+"""One table from vendor status codes to sttrouter errors, shared by the cloud adapters.
+
+======================================  ===============================  =========
+what the vendor says                    error                            kind
+======================================  ===============================  =========
+HTTP 401 / 403, close 1008, 4001        AuthenticationFailed             permanent
+HTTP 402, close 4002/4003, "balance"    QuotaExceeded                    permanent
+HTTP 429, close 1013/3009/4029/4102     RateLimited                      transient
+HTTP 400 / 404 / 422 (at connect)       EndpointMisconfigured            permanent
+HTTP 400 / 415 / 422 about the audio    AudioFormatError                 caller
+close 3007, 1002 ``DATA-0000``          AudioFormatError                 caller
+HTTP 408 / 5xx, refused, timeout        ConnectionFailed / ConnectTimeout transient
+close 1011 / 3005 / 3008 / other        StreamingFailed                  transient
+======================================  ===============================  =========
+
+``during_connect`` picks :class:`ConnectionFailed` over :class:`StreamingFailed` for the
+transient rows. Messages never include credentials: callers pass only the vendor's status,
+its text and the endpoint id.
+"""
+
+from __future__ import annotations
+
+from sttrouter.errors import (
+    AudioFormatError,
+    AuthenticationFailed,
+    ConnectionFailed,
+    EndpointMisconfigured,
+    QuotaExceeded,
+    RateLimited,
+    StreamingFailed,
+    STTError,
+)
+
+__all__ = ["from_close_code", "from_http_status", "mentions_quota"]
+
+_QUOTA_WORDS = ("insufficient", "balance", "quota", "credit", "funds", "payment")
+
+
+def mentions_quota(text: str) -> bool:
+    """Whether a vendor's error text says the account ran out of money."""
+    low = text.lower()
+    return any(w in low for w in _QUOTA_WORDS)
+
+
+def _say(vendor: str, what: str, detail: str) -> str:
+    detail = detail.strip()
+    return f"{vendor} {what}" + (f": {detail}" if detail else "")
+
+
+def from_http_status(
+    status: int,
+    detail: str = "",
+    *,
+    vendor: str,
+    endpoint_id: str | None = None,
+    during_connect: bool = True,
+    key_env: str | None = None,
+) -> STTError:
+    """The error for an HTTP status from a vendor (a rejected upgrade or a REST call)."""
+    text = f"HTTP {status}" + (f" {detail.strip()}" if detail.strip() else "")
+    if status in (401, 403):
+        where = f" in {key_env}" if key_env else ""
+        return AuthenticationFailed(
+            _say(vendor, "rejected the API key", text) + f"; check the key{where}",
+            endpoint_id=endpoint_id,
+        )
+    if status == 402 or (status == 400 and mentions_quota(detail)):
+        return QuotaExceeded(
+            _say(vendor, "says the account is out of credit", text) + "; top up the account",
+            endpoint_id=endpoint_id,
+        )
+    if status == 429:
+        return RateLimited(_say(vendor, "is rate limiting us", text), endpoint_id=endpoint_id)
+    if status in (400, 415, 422) and "audio" in detail.lower():
+        return AudioFormatError(
+            _say(vendor, "could not decode the audio", text)
+            + "; send PCM or WAV in the format you declared",
+            endpoint_id=endpoint_id,
+        )
+    if status in (400, 404, 405, 422):
+        return EndpointMisconfigured(
+            _say(vendor, "rejected the request", text)
+            + "; check the endpoint's base_url and options",
+            endpoint_id=endpoint_id,
+        )
+    cls = ConnectionFailed if during_connect else StreamingFailed
+    return cls(_say(vendor, "failed", text), endpoint_id=endpoint_id)
+
+
+def from_close_code(
+    code: int | None,
+    reason: str = "",
+    *,
+    vendor: str,
+    endpoint_id: str | None = None,
+    key_env: str | None = None,
+) -> STTError | None:
+    """The error for a WebSocket close code or in-band error code; ``None`` for 1000."""
+    if code == 1000:
+        return None
+    text = f"closed with {code}" + (f" {reason.strip()}" if reason.strip() else "")
+    if code in (4002, 4003) or (code in (1008, 4001) and mentions_quota(reason)):
+        return QuotaExceeded(
+            _say(vendor, "says the account is out of credit", text) + "; top up the account",
+            endpoint_id=endpoint_id,
+        )
+    if code in (1008, 4001):
+        where = f" in {key_env}" if key_env else ""
+        return AuthenticationFailed(
+            _say(vendor, "rejected the API key", text) + f"; check the key{where}",
+            endpoint_id=endpoint_id,
+        )
+    if code in (1013, 3009, 4029, 4102):
+        return RateLimited(_say(vendor, "is rate limiting us", text), endpoint_id=endpoint_id)
+    if code == 3007 or (code == 1002 and "DATA-0000" in reason):
+        return AudioFormatError(
+            _say(vendor, "rejected the audio", text)
+            + "; send 16-bit PCM in the declared format (AssemblyAI: 50..1000 ms per message)",
+            endpoint_id=endpoint_id,
+        )
+    return StreamingFailed(_say(vendor, "stream broke", text), endpoint_id=endpoint_id)

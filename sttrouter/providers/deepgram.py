@@ -1,0 +1,400 @@
+"""Deepgram adapter on the official ``deepgram-sdk`` 7.x async client (extra ``deepgram``).
+
+Streaming uses ``client.listen.v1.connect`` (WebSocket ``/v1/listen``); batch uses the
+prerecorded ``POST /v1/listen``; :meth:`DeepgramSTTService.probe` lists the key's projects,
+which bills nothing. Point ``endpoint.connection.base_url`` at a self-hosted Deepgram or at
+:class:`sttrouter.testing.FakeDeepgramServer`; ``http(s)://`` and ``ws(s)://`` both work.
+
+Options (``endpoint.connection.options``): ``model`` (default ``nova-3``), ``language``,
+``interim_results`` (default true), ``punctuate`` (default true), ``smart_format``,
+``endpointing`` (ms, default 300, ``false`` to turn off), ``utterance_end_ms``,
+``vad_events``, ``keepalive_seconds`` (default 5), ``connect_timeout`` (10),
+``finish_timeout`` (10), ``request_timeout`` (60).
+
+Mapping to :class:`~sttrouter.results.STTResult`:
+
+* ``Results``: ``is_final`` → ``is_final``, ``speech_final`` → ``is_end_of_utterance``,
+  words with their times and confidences, language from ``languages`` or the option.
+  Empty interims (silence) are dropped.
+* ``SpeechStarted``: an empty interim at the speech onset.
+* ``UtteranceEnd``: an empty, zero-length final with ``is_end_of_utterance`` at
+  ``last_word_end`` — only when the previous final did not already end the utterance.
+* ``Metadata``: ends the stream after ``CloseStream``; nothing is emitted.
+* Unknown messages (the SDK yields ``None`` or a bare dict) are skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import warnings
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+
+import httpx
+
+from sttrouter.audio import AudioFormat
+from sttrouter.clock import Clock, fail_after
+from sttrouter.errors import (
+    AudioFormatError,
+    AuthenticationFailed,
+    ConnectionFailed,
+    ConnectTimeout,
+    MalformedResponse,
+    MissingDependency,
+    QuotaExceeded,
+    StreamingFailed,
+    STTError,
+)
+from sttrouter.panel.endpoint import ConnectionConfig, Location, STTEndpoint
+from sttrouter.providers import _deepgram_wire as wire
+from sttrouter.providers._cloud import http_and_ws, to_wav
+from sttrouter.providers._errors import from_close_code, from_http_status, mentions_quota
+from sttrouter.results import STTResult, Transcript, WordTimestamp
+from sttrouter.service import BaseSTTService
+
+with warnings.catch_warnings():
+    # deepgram-sdk 7.x's async client imports websockets.legacy (and its InvalidStatusCode),
+    # which websockets >= 14 deprecates at import time; the SDK still works. Ignore exactly
+    # those two so applications running with -W error can import this adapter.
+    warnings.filterwarnings(
+        "ignore", message="websockets.legacy is deprecated", category=DeprecationWarning
+    )
+    warnings.filterwarnings(
+        "ignore",
+        message="websockets.exceptions.InvalidStatusCode is deprecated",
+        category=DeprecationWarning,
+    )
+    try:
+        import websockets.exceptions as ws_exc
+        from deepgram import AsyncDeepgramClient
+        from deepgram.core.api_error import ApiError
+        from deepgram.environment import DeepgramClientEnvironment
+        from deepgram.listen.v1 import socket_client as _socket_client  # noqa: F401
+    except ImportError as exc:  # pragma: no cover - exercised only without the extra
+        raise MissingDependency("deepgram-sdk", "deepgram") from exc
+
+__all__ = ["DEFAULT_COST_PER_HOUR", "DeepgramSTTService", "deepgram_endpoint", "to_stt_result"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_COST_PER_HOUR = Decimal("0.258")
+"""Nova-3 streaming, US$ per hour of audio (UnaMentis' price table)."""
+
+VENDOR = "Deepgram"
+
+
+def deepgram_endpoint(
+    id: str = "deepgram",
+    *,
+    base_url: str | None = None,
+    api_key_env: str = "DEEPGRAM_API_KEY",
+    cost_per_hour: Decimal | str | float = DEFAULT_COST_PER_HOUR,
+    options: Mapping[str, Any] | None = None,
+    **fields: Any,
+) -> STTEndpoint:
+    """An :class:`STTEndpoint` for Deepgram with sensible defaults.
+
+    Args:
+        id: the endpoint id.
+        base_url: a self-hosted Deepgram or a fake server; ``None`` for ``api.deepgram.com``.
+        api_key_env: the environment variable holding the key.
+        cost_per_hour: price per hour of audio (Nova-3 by default).
+        options: listen options (see the module docstring).
+        **fields: any other :class:`STTEndpoint` field.
+    """
+    defaults: dict[str, Any] = {
+        "provider": "deepgram",
+        "location": Location.CLOUD if base_url is None else Location.SELF_HOSTED,
+        "display_name": "Deepgram",
+        "expected_latency_ms": 300.0,
+        "cost_per_hour": cost_per_hour,
+        "connection": ConnectionConfig(
+            base_url=base_url, api_key_env=api_key_env, options=options or {}
+        ),
+    }
+    defaults.update(fields)
+    return STTEndpoint(id=id, **defaults)
+
+
+def to_stt_result(msg: wire.Results, language: str | None = None) -> STTResult:
+    """A ``Results`` message as an :class:`STTResult` (times on the stream's timeline)."""
+    words = tuple(WordTimestamp(w.text, w.start, w.end, w.confidence) for w in msg.words)
+    lang = next(iter(msg.languages), None) or next(
+        (w.language for w in msg.words if w.language), None
+    )
+    return STTResult(
+        transcript=msg.transcript,
+        is_final=msg.is_final,
+        is_end_of_utterance=msg.is_final and msg.speech_final,
+        confidence=msg.confidence,
+        start=msg.start,
+        duration=msg.duration,
+        words=words,
+        language=lang or language,
+    )
+
+
+def _float(options: Mapping[str, Any], name: str, default: float) -> float:
+    from sttrouter.errors import ConfigError
+
+    value = options.get(name, default)
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"option {name} must be a number, got {value!r}", field=name) from None
+    if out <= 0:
+        raise ConfigError(f"option {name} must be positive, got {out}", field=name)
+    return out
+
+
+class DeepgramSTTService(BaseSTTService):
+    """Deepgram streaming and batch transcription through ``deepgram-sdk``.
+
+    Args:
+        endpoint: a ``provider="deepgram"`` endpoint (see :func:`deepgram_endpoint`).
+        clock: drives KeepAlive and deadlines (tests pass a ``FakeClock``).
+    """
+
+    def __init__(self, endpoint: STTEndpoint, *, clock: Clock | None = None) -> None:
+        super().__init__(endpoint, clock=clock)
+        opts = endpoint.connection.options
+        self.listen_options = wire.ListenOptions.from_options(opts)
+        self.keepalive_seconds = _float(opts, "keepalive_seconds", 5.0)
+        self.connect_timeout = _float(opts, "connect_timeout", 10.0)
+        self.finish_timeout = _float(opts, "finish_timeout", 10.0)
+        self.request_timeout = _float(opts, "request_timeout", 60.0)
+        self._cm: Any = None
+        self._conn: Any = None
+        self._closing = False
+        self._metadata_seen = False
+        self._done = asyncio.Event()
+        self._last_activity = 0.0
+        self._utterance_open = False
+        self.request_id: str | None = None
+        """The ``request_id`` of the last stream's ``Metadata``."""
+
+    # -- client --------------------------------------------------------------------------
+    def _client(self, http: Any = None) -> Any:
+        """An SDK client; REST calls pass their own ``httpx.AsyncClient`` and close it.
+
+        Retries are off (``max_retries=0``): a router fails over faster than the SDK's
+        1 s / 2 s backoff, and retries a transient endpoint later itself.
+        """
+        conn = self.endpoint.connection
+        # Self-hosted Deepgram without auth: the SDK still wants some key.
+        key = conn.api_key() if conn.api_key_env else "unused"
+        kwargs: dict[str, Any] = {"api_key": key, "max_retries": 0}
+        if http is not None:
+            kwargs["httpx_client"] = http
+        if conn.base_url:
+            http, ws = http_and_ws(conn.base_url)
+            kwargs["environment"] = DeepgramClientEnvironment(
+                base=http, production=ws, agent=ws, agent_rest=http
+            )
+        return AsyncDeepgramClient(**kwargs)
+
+    # -- streaming hooks -----------------------------------------------------------------
+    async def _open(self) -> None:
+        client = self._client()
+        cm = client.listen.v1.connect(**self.listen_options.sdk_kwargs())
+        try:
+            async with fail_after(self.clock, self.connect_timeout):
+                conn = await cm.__aenter__()
+        except TimeoutError as exc:
+            raise ConnectTimeout(
+                f"Deepgram did not accept the WebSocket within {self.connect_timeout:g}s",
+                endpoint_id=self.endpoint.id,
+            ) from exc
+        self._cm, self._conn = cm, conn
+        self._closing = False
+        self._metadata_seen = False
+        self._done = asyncio.Event()
+        self._utterance_open = False
+        self._last_activity = self.clock.now()
+        self._spawn(self._receive())
+        self._spawn(self._keepalive())
+
+    async def _send(self, pcm: bytes) -> None:
+        await self._conn.send_media(pcm)
+        self._last_activity = self.clock.now()
+
+    async def _finish(self) -> None:
+        self._closing = True
+        await self._conn.send_finalize()
+        await self._conn.send_close_stream()
+        try:
+            async with fail_after(self.clock, self.finish_timeout):
+                await self._done.wait()
+        except TimeoutError:
+            self._fail(
+                StreamingFailed(
+                    f"Deepgram sent no Metadata within {self.finish_timeout:g}s of CloseStream",
+                    endpoint_id=self.endpoint.id,
+                )
+            )
+        await self._close()
+
+    async def _abort(self) -> None:
+        self._closing = True
+        await self._close()
+
+    async def _close(self) -> None:
+        cm, self._cm, self._conn = self._cm, None, None
+        if cm is not None:
+            try:
+                await cm.__aexit__(None, None, None)
+            except Exception as exc:  # closing a broken socket; the stream's error stands
+                log.debug("closing the Deepgram socket failed: %r", exc)
+
+    async def _keepalive(self) -> None:
+        """Send KeepAlive whenever no audio went out for ``keepalive_seconds``."""
+        while not self._closing:
+            due = self._last_activity + self.keepalive_seconds
+            await self.clock.sleep(max(0.0, due - self.clock.now()))
+            if self._closing or self._conn is None:
+                return
+            if self.clock.now() - self._last_activity >= self.keepalive_seconds - 1e-9:
+                await self._conn.send_keep_alive()
+                self._last_activity = self.clock.now()
+
+    async def _receive(self) -> None:
+        # recv() rather than ``async for``: the SDK's iterator skips frames that are not JSON
+        # with a log line, recv() raises, so a garbled stream fails over instead of stalling.
+        try:
+            while True:
+                try:
+                    msg = await self._conn.recv()
+                except ws_exc.ConnectionClosedOK:
+                    break
+                await self._handle(msg)
+        finally:
+            self._done.set()
+        if not self._closing or not self._metadata_seen:
+            raise StreamingFailed(
+                "Deepgram closed the stream before it sent Metadata for CloseStream",
+                endpoint_id=self.endpoint.id,
+            )
+
+    async def _handle(self, msg: Any) -> None:
+        if msg is None or isinstance(msg, bytes | bytearray):
+            return  # the SDK yields None for message types it does not know
+        raw = msg if isinstance(msg, Mapping) else msg.dict()
+        parsed = wire.parse_server_message(raw)
+        if isinstance(parsed, wire.Results):
+            if not parsed.is_final and not parsed.transcript:
+                return
+            result = to_stt_result(parsed, self.listen_options.language)
+            if result.is_final:
+                self._utterance_open = not result.is_end_of_utterance and bool(result.transcript)
+            await self._emit(result)
+        elif isinstance(parsed, wire.SpeechStarted):
+            await self._emit(STTResult("", is_final=False, start=parsed.timestamp))
+        elif isinstance(parsed, wire.UtteranceEnd):
+            if self._utterance_open:
+                self._utterance_open = False
+                await self._emit(
+                    STTResult(
+                        "", is_final=True, is_end_of_utterance=True, start=parsed.last_word_end
+                    )
+                )
+        elif isinstance(parsed, wire.Metadata):
+            self.request_id = parsed.request_id
+            self._metadata_seen = True
+        elif isinstance(parsed, wire.Error):
+            raise self._in_band(parsed)
+        else:
+            log.debug("skipping Deepgram message of type %r", parsed.type)
+
+    def _in_band(self, err: wire.Error) -> STTError:
+        text = " ".join(p for p in (err.variant, err.code or "", err.description) if p)
+        eid = self.endpoint.id
+        if "DATA-0000" in text:
+            return AudioFormatError(f"Deepgram could not decode the audio: {text}", endpoint_id=eid)
+        if mentions_quota(text):
+            return QuotaExceeded(f"Deepgram: {text}; top up the account", endpoint_id=eid)
+        low = text.lower()
+        if "auth" in low or "credential" in low:
+            return AuthenticationFailed(f"Deepgram: {text}", endpoint_id=eid)
+        return StreamingFailed(f"Deepgram sent an error: {text}", endpoint_id=eid)
+
+    # -- batch and probe -----------------------------------------------------------------
+    async def _transcribe(self, data: bytes, fmt: AudioFormat) -> Transcript:
+        opts = self.listen_options
+        kwargs: dict[str, Any] = {"model": opts.model}
+        for name in ("language", "punctuate", "smart_format"):
+            if getattr(opts, name) is not None:
+                kwargs[name] = getattr(opts, name)
+        self.metrics.audio_sent(fmt.seconds(len(data)), self.clock.now())
+        try:
+            async with (
+                httpx.AsyncClient(timeout=self.request_timeout) as http,
+                fail_after(self.clock, self.request_timeout),
+            ):
+                response = await self._client(http).listen.v1.media.transcribe_file(
+                    request=to_wav(data, fmt), **kwargs
+                )
+        except Exception as exc:
+            self.metrics.error()
+            raise self._translate(exc) from exc
+        parsed = wire.parse_prerecorded(response.dict())
+        words = tuple(WordTimestamp(w.text, w.start, w.end, w.confidence) for w in parsed.words)
+        duration = fmt.seconds(len(data))
+        result = STTResult(
+            transcript=parsed.transcript,
+            is_final=True,
+            is_end_of_utterance=True,
+            confidence=parsed.channels[0][1] if parsed.channels else None,
+            start=words[0].start if words else 0.0,
+            duration=(words[-1].end - words[0].start) if words else duration,
+            words=words,
+            language=opts.language,
+            endpoint_id=self.endpoint.id,
+        )
+        return Transcript.from_results([result], duration=duration)
+
+    async def probe(self) -> None:
+        """List the key's projects (``GET /v1/projects``): checks reachability and the key."""
+        try:
+            async with (
+                httpx.AsyncClient(timeout=self.connect_timeout) as http,
+                fail_after(self.clock, self.connect_timeout),
+            ):
+                await self._client(http).manage.v1.projects.list()
+        except Exception as exc:
+            raise self._translate(exc) from exc
+
+    # -- errors --------------------------------------------------------------------------
+    def _translate(self, exc: Exception) -> STTError:
+        eid = self.endpoint.id
+        key_env = self.endpoint.connection.api_key_env
+        if isinstance(exc, ApiError) and exc.status_code is not None:
+            body = exc.body if isinstance(exc.body, str) else json.dumps(exc.body, default=str)
+            return from_http_status(
+                exc.status_code, body, vendor=VENDOR, endpoint_id=eid, key_env=key_env
+            )
+        if isinstance(exc, ws_exc.ConnectionClosed):
+            rcvd = exc.rcvd
+            code, reason = (rcvd.code, rcvd.reason) if rcvd is not None else (1006, "no close")
+            mapped = from_close_code(code, reason, vendor=VENDOR, endpoint_id=eid, key_env=key_env)
+            return mapped or StreamingFailed("Deepgram closed the stream", endpoint_id=eid)
+        if isinstance(exc, json.JSONDecodeError):
+            return MalformedResponse(
+                f"Deepgram sent a message that is not JSON: {exc}", endpoint_id=eid
+            )
+        if isinstance(exc, TimeoutError):
+            return ConnectTimeout(f"Deepgram did not answer in time: {exc}", endpoint_id=eid)
+        if isinstance(exc, OSError | ws_exc.InvalidHandshake | ws_exc.InvalidMessage):
+            return ConnectionFailed(
+                f"cannot reach Deepgram at {self._where()}: {exc}", endpoint_id=eid
+            )
+        if isinstance(exc, httpx.TransportError):
+            return ConnectionFailed(
+                f"cannot reach Deepgram at {self._where()}: {exc!r}", endpoint_id=eid
+            )
+        return super()._translate(exc)
+
+    def _where(self) -> str:
+        return self.endpoint.connection.base_url or "api.deepgram.com"

@@ -1,0 +1,351 @@
+"""What the fake vendor servers share: a real HTTP + WebSocket server, scripts and faults.
+
+:class:`FakeVendorServer` runs a Starlette app under uvicorn on ``127.0.0.1`` port 0 inside the
+test's event loop, so vendor SDKs talk to it over real sockets. A :class:`ScriptPlayer` turns a
+scripted transcript into word and utterance events as the *received* audio passes them, so
+what a client gets depends on how much audio it really sent. :class:`ServerFault` is one fault
+on the wire (an HTTP rejection of the upgrade, an in-band error, a close code, a malformed
+message); each vendor server also maps the engine-neutral
+:class:`~sttrouter.testing.FaultPlan` onto its own wire behaviour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import attrs
+
+from sttrouter.errors import ConfigError, MissingDependency
+from sttrouter.testing._faults import FaultKind, FaultPlan
+
+__all__ = [
+    "FakeVendorServer",
+    "ScriptPlayer",
+    "ScriptedUtterance",
+    "ScriptedWord",
+    "ServerFault",
+    "SessionRecord",
+    "normalise_script",
+    "plain_word",
+]
+
+ScriptInput = Iterable["ScriptedUtterance | tuple[str, float, float]"]
+
+
+def plain_word(text: str) -> str:
+    """A word as an engine reports it unformatted: lower case, no surrounding punctuation."""
+    return text.strip(".,!?;:\"'()").lower()
+
+
+@attrs.frozen
+class ScriptedWord:
+    """One scripted word: its text as formatted (``"Hello,"``) and where it lies in the audio."""
+
+    text: str
+    start: float
+    end: float
+
+    @property
+    def plain(self) -> str:
+        return plain_word(self.text)
+
+
+def _scripted_words(value: Iterable[ScriptedWord]) -> tuple[ScriptedWord, ...]:
+    return tuple(value)
+
+
+@attrs.frozen
+class ScriptedUtterance:
+    """One scripted utterance (a Deepgram endpoint, an AssemblyAI turn)."""
+
+    words: tuple[ScriptedWord, ...] = attrs.field(converter=_scripted_words)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.words:
+            raise ConfigError("a scripted utterance needs at least one word")
+
+    @classmethod
+    def spread(cls, text: str, start: float, end: float) -> ScriptedUtterance:
+        """Spread the words of ``text`` evenly over ``start..end`` seconds."""
+        parts = text.split()
+        if not parts or end <= start:
+            raise ConfigError(
+                f"scripted utterance {text!r} at {start}..{end}s needs words and end > start"
+            )
+        step = (end - start) / len(parts)
+        return cls(
+            tuple(
+                ScriptedWord(w, round(start + i * step, 6), round(start + (i + 1) * step, 6))
+                for i, w in enumerate(parts)
+            )
+        )
+
+    @property
+    def start(self) -> float:
+        return self.words[0].start
+
+    @property
+    def end(self) -> float:
+        return self.words[-1].end
+
+    @property
+    def text(self) -> str:
+        return " ".join(w.text for w in self.words)
+
+    @property
+    def plain_text(self) -> str:
+        return " ".join(w.plain for w in self.words)
+
+
+def normalise_script(script: ScriptInput) -> tuple[ScriptedUtterance, ...]:
+    """Accept utterances or ``(text, start, end)`` tuples; check they are in time order."""
+    out: list[ScriptedUtterance] = []
+    for item in script:
+        utt = item if isinstance(item, ScriptedUtterance) else ScriptedUtterance.spread(*item)
+        if out and utt.start < out[-1].end:
+            raise ConfigError(
+                f"scripted utterance {utt.text!r} starts at {utt.start}s, before the previous "
+                f"one ends at {out[-1].end}s; list utterances in time order"
+            )
+        out.append(utt)
+    return tuple(out)
+
+
+@attrs.frozen
+class WordHeard:
+    """The audio received passed the end of word ``count`` of utterance ``index``."""
+
+    index: int
+    count: int
+
+
+@attrs.frozen
+class UtteranceStarted:
+    index: int
+
+
+@attrs.frozen
+class UtteranceDone:
+    """The audio received passed the end of utterance ``index`` (or a flush ended it early)."""
+
+    index: int
+    count: int
+    forced: bool = False
+
+
+ScriptEvent = WordHeard | UtteranceStarted | UtteranceDone
+
+
+class ScriptPlayer:
+    """Pure: turns seconds of received audio into script events, each exactly once."""
+
+    def __init__(self, script: Sequence[ScriptedUtterance]) -> None:
+        self.script = tuple(script)
+        self._index = 0  # current utterance
+        self._heard = 0  # words of it heard so far
+        self._started = False
+
+    def advance(self, audio_seconds: float) -> list[ScriptEvent]:
+        """Events for the audio received up to ``audio_seconds``."""
+        events: list[ScriptEvent] = []
+        eps = 1e-9
+        while self._index < len(self.script):
+            utt = self.script[self._index]
+            if not self._started and audio_seconds + eps >= utt.start:
+                self._started = True
+                events.append(UtteranceStarted(self._index))
+            progressed = False
+            while (
+                self._heard < len(utt.words) and audio_seconds + eps >= utt.words[self._heard].end
+            ):
+                self._heard += 1
+                progressed = True
+            if self._heard == len(utt.words):
+                events.append(UtteranceDone(self._index, self._heard))
+                self._next()
+                continue
+            if progressed:
+                events.append(WordHeard(self._index, self._heard))
+            break
+        return events
+
+    def flush(self) -> list[ScriptEvent]:
+        """End the current utterance with the words heard so far (Finalize, ForceEndpoint)."""
+        if self._index >= len(self.script) or self._heard == 0:
+            return []
+        done = UtteranceDone(self._index, self._heard, forced=True)
+        self._next()
+        return [done]
+
+    def _next(self) -> None:
+        self._index += 1
+        self._heard = 0
+        self._started = False
+
+
+@attrs.frozen
+class ServerFault:
+    """One fault on the wire, in a vendor-neutral form.
+
+    Attributes:
+        after: seconds of audio the session must have received first; ``None`` means at the
+            WebSocket handshake.
+        http_status: reject the handshake with this HTTP status (only with ``after=None``).
+        close_code: close the socket with this code (after an in-band error when
+            ``in_band``).
+        reason: the message of the in-band error and the close reason.
+        in_band: send the vendor's Error message before closing.
+        malformed: send a text frame that is not JSON instead of an error.
+        stall: stop answering (keep the socket open, accept audio, send nothing).
+        empty: from now on, finals carry no words.
+    """
+
+    after: float | None = None
+    http_status: int | None = None
+    close_code: int | None = None
+    reason: str = ""
+    in_band: bool = True
+    malformed: bool = False
+    stall: bool = False
+    empty: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        if self.http_status is not None and self.after is not None:
+            raise ConfigError("an HTTP rejection happens at the handshake; leave after=None")
+
+
+FaultsInput = FaultPlan | Iterable[ServerFault] | None
+
+
+@attrs.define
+class SessionRecord:
+    """What one streaming session received, for assertions.
+
+    Attributes:
+        path: the request path.
+        query: query parameters (last value per key).
+        headers: request headers, lower-case names, the authorization header removed.
+        authorized: whether the credentials matched.
+        audio_bytes: binary payload received.
+        chunk_sizes: size of every binary message.
+        controls: the ``type`` of every text message, in order.
+        close_code: the code the server closed with.
+    """
+
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    authorized: bool = False
+    audio_bytes: int = 0
+    chunk_sizes: list[int] = attrs.Factory(list)
+    controls: list[str] = attrs.Factory(list)
+    close_code: int | None = None
+
+
+@attrs.frozen
+class RequestRecord:
+    """One plain HTTP request the server answered."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    status: int
+    body_bytes: int
+
+
+def vendor_faults(
+    faults: FaultsInput, table: dict[FaultKind, ServerFault]
+) -> tuple[ServerFault, ...]:
+    """Map a :class:`FaultPlan` onto a vendor's wire faults; pass ``ServerFault`` lists through.
+
+    ``table`` gives each vendor's wire behaviour for a fault kind at the handshake
+    (``after=None``); with ``after`` set, the same fault happens in band once that much audio
+    has been received (an HTTP status becomes the vendor's close code).
+    """
+    if faults is None:
+        return ()
+    if not isinstance(faults, FaultPlan):
+        return tuple(faults)
+    out: list[ServerFault] = []
+    for f in faults.faults:
+        if f.stream not in (None, 0):
+            raise ConfigError(
+                "fake vendor servers apply a FaultPlan to every session; leave stream=None"
+            )
+        wire = table.get(f.kind)
+        if wire is None:
+            raise ConfigError(
+                f"fault {f.kind.value!r} is not supported by this fake server; "
+                f"use one of {', '.join(sorted(k.value for k in table))} or a ServerFault"
+            )
+        if f.after is not None:
+            wire = attrs.evolve(wire, after=f.after, http_status=None)
+        out.append(wire)
+    return tuple(out)
+
+
+class FakeVendorServer:
+    """Base of the fake vendor servers: one uvicorn server on 127.0.0.1, port 0.
+
+    Subclasses implement :meth:`routes`. Use as an async context manager; ``base_url`` is
+    ``http://127.0.0.1:<port>`` and ``ws_url`` is ``ws://127.0.0.1:<port>``.
+    """
+
+    def __init__(self) -> None:
+        self.sessions: list[SessionRecord] = []
+        self.requests: list[RequestRecord] = []
+        self._server: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._socket: socket.socket | None = None
+        self.port = 0
+
+    def routes(self) -> list[Any]:
+        raise NotImplementedError
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    async def __aenter__(self) -> FakeVendorServer:
+        try:
+            import uvicorn
+            from starlette.applications import Starlette
+        except ImportError as exc:  # pragma: no cover - both ship with the server extra
+            raise MissingDependency(exc.name or "starlette", "server") from exc
+        app = Starlette(routes=self.routes())
+        config = uvicorn.Config(
+            app,
+            log_level="critical",
+            access_log=False,
+            lifespan="off",
+            ws="websockets-sansio",
+            http="h11",
+            timeout_graceful_shutdown=1,
+        )
+        self._server = uvicorn.Server(config)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        self._socket = sock
+        self.port = sock.getsockname()[1]
+        self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[sock]))
+        while not self._server.started:
+            if self._task.done():  # pragma: no cover - startup failed
+                self._task.result()
+            await asyncio.sleep(0.005)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._task is not None:
+            await self._task
+        if self._socket is not None:
+            self._socket.close()

@@ -1,0 +1,338 @@
+"""DeepgramSTTService through the real deepgram-sdk against FakeDeepgramServer."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Callable
+from decimal import Decimal
+from typing import Any
+
+import anyio
+import pytest
+
+from sttrouter.audio import ENGINE_FORMAT, AudioFormat
+from sttrouter.errors import (
+    AudioFormatError,
+    AuthenticationFailed,
+    ConfigError,
+    ConnectionFailed,
+    EndpointMisconfigured,
+    MalformedResponse,
+    QuotaExceeded,
+    RateLimited,
+    StreamingFailed,
+    STTError,
+)
+from sttrouter.providers import create_service
+from sttrouter.providers.deepgram import DeepgramSTTService, deepgram_endpoint
+from sttrouter.results import STTResult
+from sttrouter.service import stream_transcribe
+from sttrouter.testing import FakeClock, FaultPlan, check_stt_service, synthetic_speech
+from sttrouter.testing._fake_server import ServerFault
+from sttrouter.testing.deepgram_server import FakeDeepgramServer
+
+pytestmark = [
+    pytest.mark.anyio,
+    # deepgram-sdk 7.x's async client connects through websockets.legacy, deprecated since
+    # websockets 14; connecting warns at runtime too. Nothing else is silenced.
+    pytest.mark.filterwarnings("ignore:websockets.legacy is deprecated:DeprecationWarning"),
+    pytest.mark.filterwarnings(
+        "ignore:websockets.exceptions.InvalidStatusCode is deprecated:DeprecationWarning"
+    ),
+]
+
+KEY = "dg-test-key"
+# The fake is scripted, so only the audio's duration matters; synthetic speech has real
+# speech energy where the script puts words.
+SPEECH = synthetic_speech((4, 5), word_seconds=0.15, lead_seconds=0.3)
+SAMPLE_SCRIPT = [
+    ("Hello there, my friend.", *SPEECH.utterances[0]),
+    ("How are you doing today?", *SPEECH.utterances[1]),
+]
+
+
+def sample_pcm() -> bytes:
+    return SPEECH.pcm
+
+
+@pytest.fixture(autouse=True)
+def _key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEEPGRAM_API_KEY", KEY)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FakeDeepgramServer]:
+    async with FakeDeepgramServer(script=SAMPLE_SCRIPT, api_key=KEY) as s:
+        yield s
+
+
+def service(server: FakeDeepgramServer, clock: Any = None, **options: Any) -> DeepgramSTTService:
+    endpoint = deepgram_endpoint(base_url=server.base_url, options=options)
+    return DeepgramSTTService(endpoint, clock=clock)
+
+
+async def stream(svc: DeepgramSTTService, pcm: bytes, chunk: float = 0.02) -> list[STTResult]:
+    out: list[STTResult] = []
+    await stream_transcribe(svc, pcm, ENGINE_FORMAT, chunk_seconds=chunk, on_result=out.append)
+    return out
+
+
+async def eventually(condition: Callable[[], bool]) -> None:
+    """Wait until the server (in this event loop) has observed something."""
+    with anyio.fail_after(5):
+        while not condition():  # noqa: ASYNC110 - polling state another task mutates
+            await anyio.sleep(0.01)
+
+
+async def test_streams_interims_then_finals_with_word_times(server: FakeDeepgramServer) -> None:
+    svc = service(server, utterance_end_ms=1000, vad_events=True)
+    out = await stream(svc, sample_pcm())
+    finals = [r for r in out if r.is_final and r.transcript]
+    assert [r.transcript for r in finals] == [u[0] for u in SAMPLE_SCRIPT]
+    assert all(r.is_end_of_utterance for r in finals)
+    # interims grow word by word before each final
+    interims = [r.transcript for r in out if not r.is_final and r.transcript]
+    assert interims[:3] == ["Hello", "Hello there,", "Hello there, my"]
+    words = [w for r in finals for w in r.words]
+    expected = [w for utt in server.script for w in utt.words]
+    assert [(w.word, w.start, w.end) for w in words] == [
+        (e.text, pytest.approx(e.start), pytest.approx(e.end)) for e in expected
+    ]
+    assert all(r.endpoint_id == "deepgram" for r in out)
+    assert any(not r.is_final and not r.transcript for r in out)  # SpeechStarted
+    session = server.sessions[0]
+    assert session.query["model"] == "nova-3"
+    assert session.query["interim_results"] == "true"
+    assert session.query["utterance_end_ms"] == "1000"
+    assert session.query["vad_events"] == "true"
+    assert session.query["endpointing"] == "300"
+    assert session.query["sample_rate"] == "16000"
+    assert session.controls[-2:] == ["Finalize", "CloseStream"]
+    assert session.close_code == 1000
+    assert session.audio_bytes == len(sample_pcm())
+    assert svc.request_id
+
+
+async def test_options_reach_the_server(server: FakeDeepgramServer) -> None:
+    svc = service(
+        server,
+        model="nova-2",
+        language="de",
+        punctuate=False,
+        smart_format=True,
+        endpointing=False,
+        interim_results=False,
+    )
+    out = await stream(svc, sample_pcm())
+    q = server.sessions[0].query
+    assert (q["model"], q["language"], q["punctuate"], q["smart_format"], q["endpointing"]) == (
+        "nova-2",
+        "de",
+        "false",
+        "true",
+        "false",
+    )
+    assert q["interim_results"] == "false"
+    assert all(r.is_final for r in out)
+    assert all(r.language == "de" for r in out)
+    # endpointing off: no speech_final, so nothing ends an utterance without UtteranceEnd
+    assert not any(r.is_end_of_utterance for r in out)
+
+
+async def test_utterance_end_closes_an_open_utterance(server: FakeDeepgramServer) -> None:
+    svc = service(server, endpointing=False, utterance_end_ms=300)
+    out = await stream(svc, sample_pcm())
+    ends = [r for r in out if r.is_end_of_utterance]
+    assert ends
+    assert all(r.is_final and r.transcript == "" and r.duration == 0 for r in ends)
+    assert ends[0].start == pytest.approx(server.script[0].end)
+
+
+async def test_finalize_flushes_words_heard_so_far(server: FakeDeepgramServer) -> None:
+    utt = server.script[0]
+    cut = (utt.words[0].end + utt.words[1].end) / 2  # mid second word
+    out = await stream(service(server), sample_pcm()[: ENGINE_FORMAT.bytes_for(cut)])
+    finals = [r for r in out if r.is_final]
+    assert [r.transcript for r in finals] == [utt.words[0].text]
+    assert not finals[0].is_end_of_utterance
+
+
+async def test_conformance(server: FakeDeepgramServer) -> None:
+    await check_stt_service(lambda: service(server), sample_pcm())
+
+
+async def test_conformance_resampled_input(server: FakeDeepgramServer) -> None:
+    import numpy as np
+    import soxr
+
+    pcm = np.frombuffer(sample_pcm(), dtype="<i2").astype(np.float32) / 32768
+    pcm48 = soxr.resample(pcm, 16000, 48000).astype("<f4").tobytes()
+    fmt = AudioFormat(48000, 1, "pcm_f32le")
+    out = await check_stt_service(lambda: service(server), pcm48, fmt)
+    assert any(r.transcript for r in out if r.is_final)
+
+
+async def test_batch_prerecorded(server: FakeDeepgramServer) -> None:
+    svc = service(server, smart_format=True)
+    transcript = await svc.transcribe(sample_pcm(), ENGINE_FORMAT)
+    assert transcript.text == " ".join(u[0] for u in SAMPLE_SCRIPT)
+    expected = [w for utt in server.script for w in utt.words]
+    assert [(w.word, w.start, w.end) for w in transcript.words] == [
+        (e.text, pytest.approx(e.start), pytest.approx(e.end)) for e in expected
+    ]
+    req = server.requests[-1]
+    assert (req.method, req.path, req.query["model"], req.query["smart_format"]) == (
+        "POST",
+        "/v1/listen",
+        "nova-3",
+        "true",
+    )
+    assert svc.metrics.audio_seconds == pytest.approx(ENGINE_FORMAT.seconds(len(sample_pcm())))
+    assert svc.metrics.cost > 0
+
+
+async def test_probe_bills_nothing(server: FakeDeepgramServer) -> None:
+    await service(server).probe()
+    assert [(r.method, r.path) for r in server.requests] == [("GET", "/v1/projects")]
+    assert not server.sessions
+
+
+async def test_probe_and_batch_with_a_wrong_key(
+    server: FakeDeepgramServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DEEPGRAM_API_KEY", "wrong")
+    svc = service(server)
+    with pytest.raises(AuthenticationFailed) as info:
+        await svc.probe()
+    assert "wrong" not in str(info.value)
+    assert "DEEPGRAM_API_KEY" in str(info.value)
+    with pytest.raises(AuthenticationFailed):
+        await svc.transcribe(sample_pcm(), ENGINE_FORMAT)
+    with pytest.raises(AuthenticationFailed) as info2:
+        await svc.start_streaming()
+    assert "wrong" not in str(info2.value)
+    assert not svc.is_streaming
+
+
+@pytest.mark.parametrize(
+    ("fault", "error"),
+    [
+        (ServerFault(http_status=400, reason="failed to process audio"), AudioFormatError),
+        (ServerFault(http_status=400, reason="unknown model"), EndpointMisconfigured),
+        (ServerFault(http_status=402, reason="no credit"), QuotaExceeded),
+        (ServerFault(http_status=429, reason="slow down"), RateLimited),
+        (ServerFault(http_status=503, reason="busy"), ConnectionFailed),
+    ],
+)
+async def test_batch_errors(fault: ServerFault, error: type[STTError]) -> None:
+    async with FakeDeepgramServer(script=SAMPLE_SCRIPT, api_key=KEY, faults=[fault]) as srv:
+        svc = service(srv)
+        with pytest.raises(error):
+            await svc.transcribe(sample_pcm(), ENGINE_FORMAT)
+        assert svc.metrics.errors == 1
+
+
+@pytest.mark.parametrize(
+    ("faults", "error"),
+    [
+        (FaultPlan.auth_error(), AuthenticationFailed),
+        (FaultPlan.quota_exceeded(), QuotaExceeded),
+        (FaultPlan.rate_limited(), RateLimited),
+        (FaultPlan.fail_on_connect(), ConnectionFailed),
+        ([ServerFault(http_status=500, reason="boom")], ConnectionFailed),
+        ([ServerFault(http_status=400, reason="bad model")], EndpointMisconfigured),
+    ],
+)
+async def test_handshake_faults(faults: Any, error: type[STTError]) -> None:
+    async with FakeDeepgramServer(script=SAMPLE_SCRIPT, api_key=KEY, faults=faults) as srv:
+        svc = service(srv)
+        with pytest.raises(error) as info:
+            await svc.start_streaming()
+        assert info.value.endpoint_id == "deepgram"
+        assert not svc.is_streaming
+        assert KEY not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("faults", "error"),
+    [
+        (FaultPlan.drop_after(0.5), StreamingFailed),
+        (FaultPlan.auth_error(after=0.5), AuthenticationFailed),
+        (FaultPlan.quota_exceeded(after=0.5), QuotaExceeded),
+        (FaultPlan.rate_limited(after=0.5), RateLimited),
+        (FaultPlan.malformed_after(0.5), MalformedResponse),
+        ([ServerFault(after=0.5, close_code=1002, reason="DATA-0000")], AudioFormatError),
+        ([ServerFault(after=0.5, close_code=1011, reason="internal")], StreamingFailed),
+        ([ServerFault(after=0.5, close_code=1000, in_band=False)], StreamingFailed),
+    ],
+)
+async def test_mid_stream_faults(faults: Any, error: type[STTError]) -> None:
+    async with FakeDeepgramServer(script=SAMPLE_SCRIPT, api_key=KEY, faults=faults) as srv:
+        svc = service(srv)
+        with pytest.raises(error) as info:
+            await stream(svc, sample_pcm())
+        assert info.value.endpoint_id == "deepgram"
+        assert not svc.is_streaming
+
+
+async def test_in_band_error_fails_the_stream() -> None:
+    fault = ServerFault(after=0.3, close_code=1011, reason="Insufficient balance on project")
+    async with FakeDeepgramServer(script=SAMPLE_SCRIPT, api_key=KEY, faults=[fault]) as srv:
+        with pytest.raises(QuotaExceeded):
+            await stream(service(srv), sample_pcm())
+
+
+async def test_connection_refused() -> None:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    svc = DeepgramSTTService(deepgram_endpoint(base_url=f"http://127.0.0.1:{port}"))
+    with pytest.raises(ConnectionFailed):
+        await svc.start_streaming()
+    with pytest.raises(ConnectionFailed):
+        await svc.probe()
+
+
+async def test_missing_key_is_a_config_error(
+    server: FakeDeepgramServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DEEPGRAM_API_KEY")
+    with pytest.raises(EndpointMisconfigured, match="DEEPGRAM_API_KEY"):
+        await service(server).start_streaming()
+
+
+async def test_keepalive_during_silence(server: FakeDeepgramServer) -> None:
+    clock = FakeClock()
+    svc = service(server, clock)
+    results = await svc.start_streaming()
+    await svc.send_audio(sample_pcm()[:3200])
+    await clock.advance(4.9)
+    await clock.advance(0.2)
+    await eventually(lambda: "KeepAlive" in server.sessions[0].controls)
+    await clock.advance(5.0)
+    await eventually(lambda: server.sessions[0].controls.count("KeepAlive") == 2)
+    await svc.send_audio(sample_pcm()[:3200])
+    await clock.advance(4.0)  # audio went out 4 s ago: no KeepAlive yet
+    await svc.stop_streaming()
+    assert server.sessions[0].controls == ["KeepAlive", "KeepAlive", "Finalize", "CloseStream"]
+    assert [r async for r in results] == []
+
+
+async def test_unknown_messages_are_skipped(server: FakeDeepgramServer) -> None:
+    svc = service(server)
+    await svc._handle(None)
+    await svc._handle(b"\x00")
+    await svc._handle({"type": "SomethingNew", "x": 1})
+
+
+async def test_factory_and_config_errors(server: FakeDeepgramServer) -> None:
+    ep = deepgram_endpoint(base_url=server.base_url)
+    assert isinstance(create_service(ep), DeepgramSTTService)
+    assert ep.cost_per_hour == Decimal("0.258")
+    assert deepgram_endpoint(cost_per_hour="0.5").cost_per_hour == Decimal("0.5")
+    with pytest.raises(ConfigError):
+        service(server, endpointing="soon")
+    with pytest.raises(ConfigError):
+        service(server, keepalive_seconds=0)
+    assert KEY not in repr(service(server))
