@@ -136,6 +136,10 @@ class Decision:
     def skipped(self) -> dict[str, SkipReason]:
         return {v.endpoint_id: v.reason for v in self.verdicts if v.reason is not None}
 
+    def describe(self, endpoint_id: str) -> str | None:
+        """Why ``endpoint_id`` was left out, as a sentence; ``None`` when it is in the chain."""
+        return self._detail(self.verdict(endpoint_id))
+
     def _detail(self, v: Verdict) -> str | None:
         if v.reason is None:
             return None

@@ -1,0 +1,86 @@
+"""``sttrouter simulate TRACE``: replay a session trace and print, for each stretch of constant
+conditions, the chain the router picks and why.
+
+Examples::
+
+    sttrouter simulate examples/traces/tutoring_90min.toml
+    sttrouter simulate examples/traces/tutoring_90min.toml --assume-keys --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from sttrouter.cli.route import add_router_arguments, environ_from_args, router_from_args
+from sttrouter.simulate import Trace, decision_timeline, format_time
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser(
+        "simulate",
+        help="replay a session trace: the routing decision for each stretch of conditions",
+        description="Replay a trace (TOML: duration, initial conditions, timed changes, faults) "
+        "and print the chain chosen for each interval and why. Faults are listed, not executed.",
+    )
+    p.add_argument("trace", help="trace TOML file (see examples/traces/)")
+    add_router_arguments(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    trace = Trace.load(args.trace)
+    router = router_from_args(args)
+    trace.check_endpoints(router.registry)
+    timeline = decision_timeline(trace, router, environ=environ_from_args(args))
+    notes = {start: n for start, _end, _c, n in trace.intervals()}
+    if args.json:
+        out: dict[str, Any] = {
+            "trace": {
+                "name": trace.name,
+                "source": trace.source,
+                "duration": trace.duration,
+                "language": trace.language,
+                "streaming": trace.streaming,
+            },
+            "intervals": [
+                {
+                    "start": start,
+                    "end": end,
+                    "notes": list(notes.get(start, ())),
+                    "faults": [f.to_dict() for f in trace.faults_during(start, end)],
+                    "decision": decision.to_dict(),
+                }
+                for start, end, decision in timeline
+            ],
+            "faults": [f.to_dict() for f in trace.faults],
+            "faults_executed": False,
+        }
+        print(json.dumps(out, indent=2))
+        return 0
+    lang = trace.language or "any"
+    print(f"{trace.name}  ({trace.source}; {format_time(trace.duration)}, language {lang})")
+    for start, end, decision in timeline:
+        c = decision.conditions
+        span = f"{format_time(start):>8} - {format_time(end):<8}"
+        label = "; ".join(notes.get(start, ()))
+        print(
+            f"\n{span} {c.tier.value} / {c.network.value} / {c.thermal.value}"
+            f"   rule {decision.rule}" + (f"   [{label}]" if label else "")
+        )
+        chain = " -> ".join(decision.chain_ids) or "(none: no endpoint can serve)"
+        print(f"    chain:  {chain}")
+        for eid, reason in decision.skipped().items():
+            print(f"    out:    {eid}: {decision.describe(eid) or reason}")
+        for fault in trace.faults_during(start, end):
+            print(f"    fault:  {fault.describe(trace.duration)} (declared; not executed here)")
+    if trace.faults:
+        print(
+            f"\n{len(trace.faults)} fault(s) declared; decisions-only mode does not execute "
+            "them (the routed-session simulator does)."
+        )
+    return 0
