@@ -143,10 +143,10 @@ def _strip_field_prefix(exc: ConfigError) -> str:
 def _scan_options(options: Mapping[str, Any], source: str, eid: str | None, path: str) -> None:
     for key, value in options.items():
         name = f"{path}.{key}"
-        if _looks_secret(str(key)):
-            raise _secret_error(name, source, eid)
         if isinstance(value, Mapping):
             _scan_options(value, source, eid, name)
+        elif isinstance(value, str) and _looks_secret(str(key)):
+            raise _secret_error(name, source, eid)
 
 
 def _check_url_secrets(url: str, source: str, eid: str | None) -> None:
