@@ -172,7 +172,11 @@ def parse_multipart(content_type: str, body: bytes) -> tuple[dict[str, str], dic
         if not sep:
             raise MultipartError("a multipart part has no header/body separator")
         headers = {}
-        for line in head.decode("latin-1").split("\r\n"):
+        try:
+            head_text = head.decode("utf-8")
+        except UnicodeDecodeError:
+            head_text = head.decode("latin-1")
+        for line in head_text.split("\r\n"):
             key, _, value = line.partition(":")
             headers[key.strip().lower()] = value.strip()
         disposition = _params(headers.get("content-disposition", ""))

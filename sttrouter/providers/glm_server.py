@@ -9,7 +9,7 @@
     cap), optionally with ``stream=true`` (SSE; vLLM, SGLang and Z.AI chunk shapes). Each
     request carries a token budget scaled with the segment's duration; a repetition loop
     (or a budget run out) is retried once with ``repetition_penalty``, else trimmed and
-    marked low-confidence. ``probe()`` is ``GET /health`` (falling back to ``/v1/models``).
+    marked low-confidence. ``probe()`` is ``GET /v1/models`` (falling back to ``/health``).
 
 ``gateway``
     A WebSocket client of UnaMentis' ``/v1/audio/stream`` protocol
@@ -34,7 +34,7 @@ import asyncio
 import contextlib
 import io
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit, urlunsplit
 
@@ -195,14 +195,14 @@ class OpenAITranscriptionClient:
             await self._client.aclose()
 
     async def probe(self) -> None:
-        """``GET /health``, else ``GET {api_root}/models``; bills nothing."""
+        """``GET {api_root}/models`` (checks the key too), else ``GET /health``; bills nothing."""
         try:
-            resp = await self._client.get(f"{self.server_root}/health")
+            resp = await self._client.get(f"{self.api_root}/models")
             if resp.status_code == 200:
                 return
             if resp.status_code not in (404, 405):
                 raise _http_error(resp.status_code, resp.content, resp.headers)
-            resp = await self._client.get(f"{self.api_root}/models")
+            resp = await self._client.get(f"{self.server_root}/health")
             if resp.status_code != 200:
                 raise _http_error(resp.status_code, resp.content, resp.headers)
         except Exception as exc:
@@ -371,39 +371,35 @@ class GLMServerSTTService(BaseSTTService):
         self.reconnect_attempts = int(opts.get("reconnect_attempts", 3))
         self.timeout = float(opts.get("timeout", 30.0))
         self._http_client = http_client
-        self._client: OpenAITranscriptionClient | None = None
         self._segmenter: Segmenter | None = None
         self._runner: asyncio.Task[None] | None = None
         self._ws: _GatewayStream | None = None
 
     # -- openai mode -------------------------------------------------------------------------
     def _openai_client(self) -> OpenAITranscriptionClient:
-        if self._client is None:
-            opts = self.endpoint.connection.options
-            self._client = OpenAITranscriptionClient(
-                self.base_url,
-                api_key=self.endpoint.connection.api_key(),
-                model=opts.get("model"),
-                flavor=self.flavor,
-                language=self.language,
-                sse=bool(opts.get("sse", False)),
-                upload_format=opts.get("upload_format", "wav"),
-                timeout=self.timeout,
-                tokens_per_second=float(opts.get("tokens_per_second", 10.0)),
-                repetition_penalty=float(opts.get("repetition_penalty", 1.15)),
-                client=self._http_client,
-            )
-        return self._client
-
-    async def aclose(self) -> None:
-        """Close the HTTP connection pool (the service stays usable; it reopens on demand)."""
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        """A fresh client (its own connection pool unless ``http_client`` was given)."""
+        opts = self.endpoint.connection.options
+        return OpenAITranscriptionClient(
+            self.base_url,
+            api_key=self.endpoint.connection.api_key(),
+            model=opts.get("model"),
+            flavor=self.flavor,
+            language=self.language,
+            sse=bool(opts.get("sse", False)),
+            upload_format=opts.get("upload_format", "wav"),
+            timeout=self.timeout,
+            tokens_per_second=float(opts.get("tokens_per_second", 10.0)),
+            repetition_penalty=float(opts.get("repetition_penalty", 1.15)),
+            client=self._http_client,
+        )
 
     async def probe(self) -> None:
         if self.mode == "openai":
-            await self._openai_client().probe()
+            openai = self._openai_client()
+            try:
+                await openai.probe()
+            finally:
+                await openai.aclose()
             return
         parts = urlsplit(self.base_url)
         scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
@@ -426,34 +422,36 @@ class GLMServerSTTService(BaseSTTService):
             return await super()._transcribe(data, fmt)  # VAD-cut into ≤ 30 s requests
         self._metrics.audio_sent(fmt.seconds(len(data)), self.clock.now())
         started = self.clock.now()
+        client = self._openai_client()
         try:
-            result = await self._openai_client().transcribe_segment(pcm, ENGINE_FORMAT.sample_rate)
+            result = await client.transcribe_segment(pcm, ENGINE_FORMAT.sample_rate)
         except Exception as exc:
             self._metrics.error()
             raise self._translate(exc) from exc
+        finally:
+            await client.aclose()
+        now = self.clock.now()
         final = STTResult(
             transcript=result.text,
             is_final=True,
             is_end_of_utterance=True,
             confidence=result.confidence,
             duration=seconds,
-            latency=self.clock.now() - started,
-            timestamp=self.clock.now(),
+            latency=now - started,
+            timestamp=now,
             endpoint_id=self.endpoint.id,
         )
         self._metrics.result_received(
-            latency=final.latency,
-            is_final=True,
-            words=len(final.transcript.split()),
-            now=final.timestamp,
+            latency=final.latency, is_final=True, words=len(result.text.split()), now=now
         )
         return Transcript.from_results([final], duration=fmt.seconds(len(data)))
 
     # -- hooks -------------------------------------------------------------------------------
     async def _open(self) -> None:
         if self.mode == "openai":
+            client = self._openai_client()
             self._segmenter = Segmenter(
-                self._openai_client(),
+                client,
                 self._emit,
                 vad=self.vad_config,
                 max_segment_seconds=self.max_segment_seconds,
@@ -461,9 +459,11 @@ class GLMServerSTTService(BaseSTTService):
                 interim_interval=self.interim_interval,
             )
             self._runner = self._spawn(self._segmenter.run())
+            self._spawn(_close_at_end(client.aclose))
             return
-        self._ws = _GatewayStream(self)
-        await self._ws.open()
+        ws = self._ws = _GatewayStream(self)
+        self._spawn(_close_at_end(ws.close))
+        await ws.open()
 
     async def _send(self, pcm: bytes) -> None:
         if self._segmenter is not None:
@@ -493,6 +493,15 @@ class GLMServerSTTService(BaseSTTService):
         if not isinstance(exc, STTError):
             exc = _translate_ws(exc)
         return super()._translate(exc)
+
+
+async def _close_at_end(close: Callable[[], Awaitable[None]]) -> None:
+    """Live as long as the stream; its teardown cancels this, which closes the resource."""
+    try:
+        await asyncio.Event().wait()
+    finally:
+        with contextlib.suppress(Exception):
+            await close()
 
 
 # -- gateway mode --------------------------------------------------------------------------
