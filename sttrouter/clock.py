@@ -7,6 +7,7 @@ without sleeping.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import AsyncIterator
@@ -70,11 +71,12 @@ async def fail_after(clock: Clock, seconds: float | None) -> AsyncIterator[None]
             expired = True
             outer.cancel()
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(watchdog)
-            try:
-                yield
-            finally:
-                tg.cancel_scope.cancel()
+        # a plain task, not a task group: an error from the body must propagate unwrapped
+        # (a task group would turn it into an ExceptionGroup)
+        task = asyncio.get_running_loop().create_task(watchdog())
+        try:
+            yield
+        finally:
+            task.cancel()
     if expired:
         raise TimeoutError(f"deadline of {seconds}s passed")
