@@ -23,7 +23,7 @@ import enum
 import json
 import os
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import attrs
 
@@ -196,16 +196,16 @@ class Decision:
 # --- compiled state ---------------------------------------------------------------------------
 
 _OK = None
+_NO_MEMORY = SkipReason.INSUFFICIENT_MEMORY
+_NO_LANGUAGE = SkipReason.LANGUAGE_UNSUPPORTED
+_NO_STREAMING = SkipReason.NOT_STREAMING
+_NO_KEY = SkipReason.NO_API_KEY
+_BREAKER = SkipReason.BREAKER_OPEN
 
 
-@attrs.frozen
-class _Candidate:
-    index: int
-    endpoint: STTEndpoint
-    languages: frozenset[str]
-    streams: bool
-    key_env: str | None
-    memory_gb: float | None
+# (registration index, endpoint, languages, streams, api key env, memory needed, id): a plain
+# tuple, because unpacking one is the cheapest thing the per-call loop can do.
+_Candidate = tuple[int, STTEndpoint, frozenset[str], bool, str | None, float | None, str]
 
 
 @attrs.frozen
@@ -291,13 +291,14 @@ def _compile(policy: Policy, registry: EndpointRegistry) -> _Compiled:
             if template[i] is None:
                 ep = endpoints[i]
                 candidates.append(
-                    _Candidate(
+                    (
                         i,
                         ep,
                         ep.supported_languages,
                         ep.supports_streaming,
                         ep.connection.api_key_env,
                         ep.memory_gb,
+                        ep.id,
                     )
                 )
         plans[combo] = _Plan(rule, tuple(candidates), tuple(template))
@@ -306,6 +307,32 @@ def _compile(policy: Policy, registry: EndpointRegistry) -> _Compiled:
 
 _MEMO_LIMIT = 4096
 
+# (outcome per candidate from the checks that depend only on the call's arguments,
+#  (position, api key env, id) of usable candidates that need a key,
+#  (position, api key env, id) of every usable candidate)
+_Check = tuple[int, str | None, str]
+_Prefiltered = tuple[tuple[SkipReason | None, ...], tuple[_Check, ...], tuple[_Check, ...]]
+
+
+def _prefilter(
+    plan: _Plan, lang: str | None, base: str | None, streaming: bool, mem: float | None
+) -> _Prefiltered:
+    """Memory, language and streaming checks: a function of the call's arguments only."""
+    outcome: list[SkipReason | None] = []
+    usable: list[_Check] = []
+    for pos, (_i, _ep, langs, streams, key_env, need_mem, eid) in enumerate(plan.candidates):
+        if need_mem is not None and mem is not None and need_mem > mem:
+            outcome.append(_NO_MEMORY)
+        elif lang is not None and langs and lang not in langs and base not in langs:
+            outcome.append(_NO_LANGUAGE)
+        elif streaming and not streams:
+            outcome.append(_NO_STREAMING)
+        else:
+            outcome.append(_OK)
+            usable.append((pos, key_env, eid))
+    keyed = tuple(c for c in usable if c[1] is not None)
+    return tuple(outcome), keyed, tuple(usable)
+
 
 class Router:
     """Decides, for given conditions, which endpoints to try and in what order.
@@ -313,19 +340,27 @@ class Router:
     Args:
         registry: the endpoints to choose from. The router recompiles when it changes.
         policy: the rules; :func:`~sttrouter.panel.policy.default_policy` when ``None``.
+        memoize: keep up to 4096 recent decisions, keyed on every input that can change one
+            (conditions, language, streaming, and the per-endpoint outcome of the key and
+            health checks), so a repeated question returns the same ``Decision`` object.
     """
 
-    def __init__(self, registry: EndpointRegistry, policy: Policy | None = None) -> None:
+    def __init__(
+        self, registry: EndpointRegistry, policy: Policy | None = None, *, memoize: bool = True
+    ) -> None:
         self.registry = registry
         self.policy = default_policy() if policy is None else policy
         self._compiled: _Compiled | None = None
         self._memo: dict[tuple[Any, ...], Decision] = {}
+        self._filters: dict[tuple[Any, ...], _Prefiltered] = {}
+        self._memoize = memoize
 
     def _state(self) -> _Compiled:
         compiled = self._compiled
         if compiled is None or compiled.version != self.registry.version:
             compiled = self._compiled = _compile(self.policy, self.registry)
             self._memo.clear()
+            self._filters.clear()
         return compiled
 
     def decide(
@@ -346,54 +381,62 @@ class Router:
             environ: where API keys are looked up (default ``os.environ``); only presence
                 is checked, values are never read into the decision.
         """
-        state = self._state()
+        state = self._compiled
+        if state is None or state.version != self.registry.version:
+            state = self._state()
         plan = state.plans[(conditions.tier, conditions.network, conditions.thermal)]
         env = os.environ if environ is None else environ
-        lang = None if language is None else language.lower()
-        base = None if lang is None else lang.split("-", 1)[0]
+        lang = base = None
+        if language is not None:
+            lang = language.lower()
+            base = lang.partition("-")[0]
         mem = conditions.memory_gb
-        outcome: list[SkipReason | None] = []
-        for cand in plan.candidates:
-            if cand.memory_gb is not None and mem is not None and cand.memory_gb > mem:
-                outcome.append(SkipReason.INSUFFICIENT_MEMORY)
-            elif (
-                lang is not None
-                and cand.languages
-                and not (lang in cand.languages or base in cand.languages)
-            ):
-                outcome.append(SkipReason.LANGUAGE_UNSUPPORTED)
-            elif streaming and not cand.streams:
-                outcome.append(SkipReason.NOT_STREAMING)
-            elif cand.key_env is not None and not env.get(cand.key_env):
-                outcome.append(SkipReason.NO_API_KEY)
-            elif health is not None and not health.is_available(cand.endpoint.id):
-                outcome.append(SkipReason.BREAKER_OPEN)
-            else:
-                outcome.append(_OK)
-        key = (conditions, lang, streaming, tuple(outcome))
-        hit = self._memo.get(key)
-        if hit is not None:
-            return hit
+        fkey = (id(plan), lang, streaming, mem)
+        pre = self._filters.get(fkey) if self._memoize else None
+        if pre is None:
+            pre = _prefilter(plan, lang, base, streaming, mem)
+            if self._memoize:
+                if len(self._filters) >= _MEMO_LIMIT:
+                    self._filters.clear()
+                self._filters[fkey] = pre
+        outcome, keyed, usable = pre
+        checks = keyed if health is None else usable
+        if checks:
+            # what can change between calls without the router seeing it: keys, health
+            dynamic = list(outcome)
+            for pos, key_env, eid in checks:
+                if key_env is not None and not env.get(key_env):
+                    dynamic[pos] = _NO_KEY
+                elif health is not None and not health.is_available(eid):
+                    dynamic[pos] = _BREAKER
+            outcome = tuple(dynamic)
+        if self._memoize:
+            key = (fkey, outcome)
+            hit = self._memo.get(key)
+            if hit is not None and (hit.conditions is conditions or hit.conditions == conditions):
+                return hit
         verdicts = list(plan.template)
         chain: list[STTEndpoint] = []
-        for cand, reason in zip(plan.candidates, outcome, strict=True):
+        ranked, skipped = state.ranked, state.skipped
+        for (i, ep, *_), reason in zip(plan.candidates, outcome, strict=True):
             if reason is None:
-                verdicts[cand.index] = state.ranked[cand.index][len(chain)]
-                chain.append(cand.endpoint)
+                verdicts[i] = ranked[i][len(chain)]
+                chain.append(ep)
             else:
-                verdicts[cand.index] = state.skipped[cand.index][reason]
+                verdicts[i] = skipped[i][reason]
         decision = Decision(
             conditions=conditions,
             language=lang,
             streaming=streaming,
             chain=tuple(chain),
-            verdicts=tuple(v for v in verdicts if v is not None),
+            verdicts=cast("tuple[Verdict, ...]", tuple(verdicts)),
             rule=plan.rule,
             endpoints=state.endpoints,
         )
-        if len(self._memo) >= _MEMO_LIMIT:
-            self._memo.clear()
-        self._memo[key] = decision
+        if self._memoize:
+            if len(self._memo) >= _MEMO_LIMIT:
+                self._memo.clear()
+            self._memo[key] = decision
         return decision
 
     def plan(
@@ -401,4 +444,4 @@ class Router:
     ) -> tuple[str | None, tuple[str, ...]]:
         """The matched rule and the candidate ids before per-call filtering (for tooling)."""
         p = self._state().plans[(tier, network, thermal)]
-        return p.rule, tuple(c.endpoint.id for c in p.candidates)
+        return p.rule, tuple(c[6] for c in p.candidates)
