@@ -18,8 +18,10 @@ async def test_limit_then_queue_fifo() -> None:
     adm = AdmissionController(clock=clock, on_queued=lambda e, p: queued.append((e, p)))
     p1 = await adm.acquire(EP)
     p2 = adm.try_acquire(EP)
-    assert p2 is not None and adm.in_use("glm") == 2
-    assert adm.try_acquire(EP) is None and not adm.has_capacity(EP)
+    assert p2 is not None
+    assert adm.in_use("glm") == 2
+    assert adm.try_acquire(EP) is None
+    assert not adm.has_capacity(EP)
     got: list[str] = []
 
     async def wait(name: str) -> None:
@@ -40,14 +42,16 @@ async def test_limit_then_queue_fifo() -> None:
         assert got == ["first"]
         p2.release()
     assert got == ["first", "second"]
-    assert adm.in_use("glm") == 2 and adm.waiting("glm") == 0
+    assert adm.in_use("glm") == 2
+    assert adm.waiting("glm") == 0
 
 
 async def test_queue_deadline_then_refused() -> None:
     clock = FakeClock()
     adm = AdmissionController(clock=clock, queue_timeout=2.0)
     a, b = adm.try_acquire(EP), adm.try_acquire(EP)
-    assert a and b
+    assert a
+    assert b
     outcome: list[BaseException] = []
 
     async def wait() -> None:
@@ -62,14 +66,16 @@ async def test_queue_deadline_then_refused() -> None:
         assert not outcome
         await clock.advance(0.1)
     assert isinstance(outcome[0], RateLimited)
-    assert "2s" in str(outcome[0]) and adm.waiting("glm") == 0
+    assert "2s" in str(outcome[0])
+    assert adm.waiting("glm") == 0
     assert adm.in_use("glm") == 2
 
 
 async def test_queue_full_refuses_at_once() -> None:
     clock = FakeClock()
     adm = AdmissionController(clock=clock, queue_limit=1)
-    assert adm.try_acquire(EP) and adm.try_acquire(EP)
+    assert adm.try_acquire(EP)
+    assert adm.try_acquire(EP)
     async with anyio.create_task_group() as tg:
         tg.start_soon(adm.acquire, EP)
         await clock.advance(0)
@@ -83,7 +89,8 @@ async def test_cancelled_waiter_does_not_leak_a_slot() -> None:
     clock = FakeClock()
     adm = AdmissionController(clock=clock)
     p1, p2 = adm.try_acquire(EP), adm.try_acquire(EP)
-    assert p1 and p2
+    assert p1
+    assert p2
     with anyio.CancelScope() as scope:
         async with anyio.create_task_group() as tg:
             tg.start_soon(adm.acquire, EP)
@@ -107,7 +114,9 @@ async def test_unlimited_and_context_manager() -> None:
     for p in permits:
         with p:
             pass
-    assert adm.in_use("free") == 0 and adm.waiting("nothing") == 0 and adm.in_use("x") == 0
+    assert adm.in_use("free") == 0
+    assert adm.waiting("nothing") == 0
+    assert adm.in_use("x") == 0
 
 
 def test_validation() -> None:

@@ -23,11 +23,13 @@ async def test_opens_after_threshold_within_window() -> None:
     b, changes = make(clock, failure_threshold=3, window=10.0, cool_down=30.0)
     for _ in range(2):
         b.record_failure("drop")
-        assert b.state is BreakerState.CLOSED and b.try_acquire()
+        assert b.state is BreakerState.CLOSED
+        assert b.try_acquire()
     assert b.failures == 2
     b.record_failure("drop")
     assert b.state is BreakerState.OPEN
-    assert not b.is_available() and not b.try_acquire()
+    assert not b.is_available()
+    assert not b.try_acquire()
     assert changes == [("ep", "closed", "open")]
     assert "open" in repr(b)
 
@@ -53,11 +55,13 @@ async def test_half_open_after_cool_down_gives_one_trial() -> None:
     assert b.state is BreakerState.HALF_OPEN
     assert b.is_available()
     assert b.try_acquire()  # the trial
-    assert not b.is_available() and not b.try_acquire()  # one at a time
+    assert not b.is_available()
+    assert not b.try_acquire()
     b.release()  # caller went away: the trial is free again
     assert b.try_acquire()
     b.record_success()
-    assert b.state is BreakerState.CLOSED and b.try_acquire()
+    assert b.state is BreakerState.CLOSED
+    assert b.try_acquire()
     assert [c[2] for c in changes] == ["open", "half_open", "closed"]
 
 
@@ -84,7 +88,8 @@ async def test_trip_opens_at_once_and_reset_closes() -> None:
     b.trip("invalid API key")
     assert b.state is BreakerState.OPEN
     b.reset()
-    assert b.state is BreakerState.CLOSED and b.failures == 0
+    assert b.state is BreakerState.CLOSED
+    assert b.failures == 0
 
 
 async def test_success_in_closed_state_keeps_counting_window() -> None:
@@ -107,7 +112,8 @@ async def test_board_is_a_health_view() -> None:
     )
     assert board.is_available("a")  # unknown endpoints are available
     board["a"].record_failure()
-    assert not board.is_available("a") and board.is_available("b")
+    assert not board.is_available("a")
+    assert board.is_available("b")
     assert board.breaker("a") is board["a"]
     assert board.states() == {"a": BreakerState.OPEN}
     await clock.advance(1.0)

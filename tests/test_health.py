@@ -41,10 +41,9 @@ async def test_thresholds_unhealthy_after_3_healthy_after_2() -> None:
     clock = FakeClock()
     sw = Switch()
     changes: list[str] = []
-    mon = HealthMonitor(
-        {"glm": sw}, clock=clock, on_change=lambda e, o, n: changes.append(n.value)
-    )
-    assert mon.status("glm") is HealthStatus.UNKNOWN and mon.is_available("glm")
+    mon = HealthMonitor({"glm": sw}, clock=clock, on_change=lambda e, o, n: changes.append(n.value))
+    assert mon.status("glm") is HealthStatus.UNKNOWN
+    assert mon.is_available("glm")
     assert await mon.check("glm") is HealthStatus.HEALTHY
     sw.up = False
     assert await mon.check("glm") is HealthStatus.DEGRADED
@@ -132,7 +131,8 @@ async def test_fake_service_probe_bills_nothing() -> None:
     assert await mon.check("f") is HealthStatus.HEALTHY
     svc.down = True
     assert await mon.check("f") is HealthStatus.DEGRADED
-    assert svc.streams_started == 0 and svc.metrics.audio_seconds == 0
+    assert svc.streams_started == 0
+    assert svc.metrics.audio_seconds == 0
 
 
 async def test_http_probe() -> None:
@@ -175,7 +175,8 @@ async def test_all_available_combines_views() -> None:
     assert view.is_available("a")
     for _ in range(3):
         mon.observe("a", False)
-    assert not view.is_available("a") and view.is_available("b")
+    assert not view.is_available("a")
+    assert view.is_available("b")
     assert all_available(board) is board
     assert "all_available" in repr(view)
 

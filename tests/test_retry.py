@@ -69,9 +69,7 @@ async def test_call_retries_transient_on_the_clock() -> None:
     p = RetryPolicy(jitter=0.0)
 
     async def run() -> str:
-        return await p.call(
-            flaky, clock=clock, on_retry=lambda n, e, d: retries.append((n, d))
-        )
+        return await p.call(flaky, clock=clock, on_retry=lambda n, e, d: retries.append((n, d)))
 
     import anyio
 
