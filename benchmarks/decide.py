@@ -51,7 +51,7 @@ def ten_endpoints() -> EndpointRegistry:
             STTEndpoint(
                 id=eid,
                 provider=prov,
-                location=loc,  # type: ignore[arg-type]
+                location=loc,
                 cost_per_hour=Decimal(cost),
                 expected_latency_ms=lat,
                 supported_languages=langs,

@@ -203,6 +203,8 @@ def test_router_agrees_with_reference_and_keeps_invariants(
     again = Router(reg, policy).decide(c, language, streaming, health=health, environ=env)
     assert again == d
     assert router.decide(c, language, streaming, health=health, environ=env) == d
+    uncached = Router(reg, policy, memoize=False)
+    assert uncached.decide(c, language, streaming, health=health, environ=env) == d
     # JSON-serialisable and stable
     assert json.loads(d.to_json()) == d.to_dict()
     assert again.to_json() == d.to_json()
@@ -349,6 +351,18 @@ def test_memo_is_bounded() -> None:
     for i in range(5000):
         router.decide(Conditions(memory_gb=float(i)), environ={})
     assert len(router._memo) <= 4096
+    assert len(router._filters) <= 4096
+
+
+def test_memo_sees_environment_changes_in_place() -> None:
+    router = Router(default_registry())
+    c = Conditions("pro_standard", "connected", "nominal")
+    env: dict[str, str] = {}
+    assert router.decide(c, environ=env).chain_ids[0] == "glm-server"
+    env["DEEPGRAM_API_KEY"] = "k"
+    assert router.decide(c, environ=env).chain_ids[0] == "deepgram"
+    env["DEEPGRAM_API_KEY"] = ""
+    assert router.decide(c, environ=env).chain_ids[0] == "glm-server"
 
 
 def test_empty_registry_and_no_chain() -> None:
