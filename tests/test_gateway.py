@@ -1,0 +1,562 @@
+"""``sttrouter serve``'s gateway over real sockets: the protocol, its limits, the HTTP endpoints,
+and GLMServerSTTService in gateway and openai mode against it."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from sttrouter.audio import read_audio
+from sttrouter.cli import build_parser
+from sttrouter.cli.serve import build_backend, build_config
+from sttrouter.errors import (
+    AuthenticationFailed,
+    ConfigError,
+    ConnectionFailed,
+    RateLimited,
+    StreamingFailed,
+)
+from sttrouter.gateway import protocol as gw
+from sttrouter.gateway._runner import AppServer
+from sttrouter.gateway.server import GatewayConfig, GatewayServer
+from sttrouter.panel.endpoint import ConnectionConfig, Location, STTEndpoint
+from sttrouter.providers import _openai_wire as wire
+from sttrouter.providers.glm_server import GLMServerSTTService
+from sttrouter.service import STTService, stream_transcribe
+from sttrouter.testing import FakeSTTService, FaultPlan, check_stt_service, synthetic_speech
+
+pytestmark = pytest.mark.anyio
+
+SPEECH = synthetic_speech((4, 3), gap_seconds=0.6, lead_seconds=0.2)
+AUDIO_DIR = Path(__file__).resolve().parent.parent / "examples" / "audio"
+
+
+class SlowFake(FakeSTTService):
+    """A backend that takes audio only when the test lets it."""
+
+    gate: asyncio.Event
+
+    async def _send(self, pcm: bytes) -> None:
+        await self.gate.wait()
+        await super()._send(pcm)
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[tuple[GatewayServer, AppServer]]:
+    server = GatewayServer(lambda config: FakeSTTService(), GatewayConfig(max_sessions=4))
+    async with AppServer(server.app) as app:
+        yield server, app
+
+
+def gateway_endpoint(url: str, **options: Any) -> STTEndpoint:
+    key_env = options.pop("api_key_env", None)
+    return STTEndpoint(
+        id="gw",
+        provider="glm_server",
+        location=Location.SELF_HOSTED,
+        connection=ConnectionConfig(
+            base_url=url, api_key_env=key_env, options={"mode": "gateway", **options}
+        ),
+    )
+
+
+async def recv(ws: ClientConnection) -> gw.ServerMessage:
+    return gw.parse_server(await asyncio.wait_for(ws.recv(), 5))
+
+
+async def send_speech(ws: ClientConnection, pcm: bytes, frame: float = 0.1) -> None:
+    for chunk in SPEECH.chunks(frame) if pcm is SPEECH.pcm else _chunks(pcm, frame):
+        await ws.send(chunk)
+
+
+def _chunks(pcm: bytes, seconds: float) -> list[bytes]:
+    size = int(seconds * 32000)
+    return [pcm[i : i + size] for i in range(0, len(pcm), size)]
+
+
+async def finish(ws: ClientConnection, *, allow_errors: bool = False) -> list[gw.Transcript]:
+    await ws.send(gw.serialize(gw.End()))
+    out: list[gw.Transcript] = []
+    async for raw in ws:
+        msg = gw.parse_server(raw)
+        if isinstance(msg, gw.ErrorMessage) and allow_errors:
+            continue
+        assert isinstance(msg, gw.Transcript), msg
+        out.append(msg)
+    assert ws.close_code == 1000
+    return out
+
+
+def text_of(results: list[Any]) -> str:
+    """The joined text of the finals (gateway messages or STTResults)."""
+    return " ".join(
+        t
+        for r in results
+        if r.is_final and (t := getattr(r, "text", None) or getattr(r, "transcript", ""))
+    )
+
+
+# -- the protocol, end to end ------------------------------------------------------------------
+async def test_raw_session_gets_partials_finals_and_pong(
+    gateway: tuple[GatewayServer, AppServer],
+) -> None:
+    server, app = gateway
+    async with connect(f"{app.ws_url}/v1/audio/stream") as ws:
+        await ws.send(gw.serialize(gw.Ping(7.0)))
+        pong = await recv(ws)
+        assert isinstance(pong, gw.Pong)
+        assert pong.timestamp == 7.0
+        await ws.send(gw.serialize(gw.Start()))
+        await send_speech(ws, SPEECH.pcm)
+        results = await finish(ws)
+    finals = [r for r in results if r.is_final and r.text]
+    assert any(not r.is_final for r in results)
+    assert text_of(results) == SPEECH.text
+    assert finals[0].timestamp_ms == 0
+    assert finals[-1].is_end_of_utterance
+    text = server.metrics.render()
+    assert 'sttrouter_gateway_requests_total{kind="stream"} 1' in text
+    assert "sttrouter_gateway_audio_seconds_total 2" in text
+    assert "sttrouter_gateway_active_sessions 0" in text
+
+
+async def test_interim_results_off_sends_finals_only(
+    gateway: tuple[GatewayServer, AppServer],
+) -> None:
+    _, app = gateway
+    async with connect(f"{app.ws_url}/v1/audio/stream") as ws:
+        await ws.send(gw.serialize(gw.Start(gw.StreamConfig(interim_results=False))))
+        await send_speech(ws, SPEECH.pcm)
+        results = await finish(ws)
+    assert results
+    assert all(r.is_final for r in results)
+
+
+async def test_adapter_in_gateway_mode_conforms(gateway: tuple[GatewayServer, AppServer]) -> None:
+    _, app = gateway
+    ep = gateway_endpoint(app.ws_url, frame_seconds=0.05)
+    results = await check_stt_service(lambda: GLMServerSTTService(ep), SPEECH.pcm)
+    assert any(not r.is_final for r in results)
+    assert text_of(results) == SPEECH.text
+    await GLMServerSTTService(ep).probe()
+
+
+async def test_adapter_in_openai_mode_through_the_gateway(
+    gateway: tuple[GatewayServer, AppServer],
+) -> None:
+    _, app = gateway
+    for sse in (False, True):
+        ep = STTEndpoint(
+            id="oa",
+            provider="glm_server",
+            connection=ConnectionConfig(
+                base_url=app.http_url, options={"sse": sse, "vad": {"backend": "energy"}}
+            ),
+        )
+        results = await check_stt_service(lambda ep=ep: GLMServerSTTService(ep), SPEECH.pcm)
+        assert text_of(results) == SPEECH.text
+        await GLMServerSTTService(ep).probe()
+
+
+# -- bad input: the protocol's error, and the server keeps serving -------------------------
+async def test_bad_input_gets_protocol_errors_while_another_session_runs() -> None:
+    server = GatewayServer(
+        lambda config: FakeSTTService(), GatewayConfig(max_sessions=3, token="tok")
+    )
+    auth = {"Authorization": "Bearer tok"}
+    async with AppServer(server.app) as app:
+        url = f"{app.ws_url}/v1/audio/stream"
+        async with connect(url, additional_headers=auth) as good:
+            await good.send(gw.serialize(gw.Start()))
+            await good.send(SPEECH.pcm[:3200])
+
+            async with connect(url, additional_headers=auth) as bad:
+
+                async def expect(payload: str | bytes, code: gw.ErrorCode) -> None:
+                    await bad.send(payload)
+                    msg = await recv(bad)
+                    assert isinstance(msg, gw.ErrorMessage), msg
+                    assert msg.code == code
+                    assert msg.recoverable is code.recoverable
+
+                await expect(b"\x00\x00" * 800, gw.ErrorCode.INVALID_MESSAGE)  # audio before start
+                await expect("not json at all", gw.ErrorCode.INVALID_MESSAGE)
+                await expect('{"type":"shout"}', gw.ErrorCode.INVALID_MESSAGE)
+                await bad.send(gw.serialize(gw.Start()))
+                await expect(gw.serialize(gw.Start()), gw.ErrorCode.INVALID_MESSAGE)
+                await expect(b"\x00" * 3201, gw.ErrorCode.AUDIO_FORMAT_ERROR)  # odd length
+                await expect(b"\x00\x00" * 16000, gw.ErrorCode.AUDIO_FORMAT_ERROR)  # 1 s frame
+                await bad.send(SPEECH.pcm[:3200])  # still open and usable
+                assert await finish(bad) is not None
+
+            # a wrong token: the protocol's error, then a policy close
+            async with connect(url, additional_headers={"Authorization": "Bearer nope"}) as ws:
+                msg = await recv(ws)
+                assert msg == gw.ErrorMessage.of(gw.ErrorCode.AUTHENTICATION_FAILED, msg.message)  # type: ignore[union-attr]
+                assert msg.recoverable is False  # type: ignore[union-attr]
+                with pytest.raises(ConnectionClosed):
+                    await ws.recv()
+                assert ws.close_code == 1008
+            async with connect(url) as ws:  # no token at all
+                msg = await recv(ws)
+                assert isinstance(msg, gw.ErrorMessage)
+                assert msg.code == gw.ErrorCode.AUTHENTICATION_FAILED
+
+            # too many sessions
+            async with (
+                connect(url, additional_headers=auth),
+                connect(url, additional_headers=auth),
+                connect(url, additional_headers=auth) as third,
+            ):
+                msg = await recv(third)
+                assert isinstance(msg, gw.ErrorMessage)
+                assert msg.code == gw.ErrorCode.RATE_LIMIT_EXCEEDED
+                assert msg.recoverable
+                with pytest.raises(ConnectionClosed):
+                    await third.recv()
+                assert third.close_code == 1013
+
+            # the first session never noticed
+            for chunk in SPEECH.chunks(0.1)[1:]:
+                await good.send(chunk)
+            finals = [r for r in await finish(good) if r.is_final]
+            assert " ".join(r.text for r in finals if r.text) == SPEECH.text
+    text = server.metrics.render()
+    assert 'sttrouter_gateway_errors_total{code="AUTHENTICATION_FAILED"} 2' in text
+    assert 'sttrouter_gateway_errors_total{code="INVALID_MESSAGE"} 4' in text
+
+
+async def test_buffer_overflow_when_the_engine_falls_behind() -> None:
+    gate = asyncio.Event()
+
+    def backend(config: gw.StreamConfig) -> STTService:
+        svc = SlowFake()
+        svc.gate = gate
+        return svc
+
+    server = GatewayServer(backend, GatewayConfig(max_buffer_seconds=0.5))
+    async with AppServer(server.app) as app, connect(f"{app.ws_url}/v1/audio/stream") as ws:
+        await ws.send(gw.serialize(gw.Start()))
+        for _ in range(8):
+            await ws.send(bytes(3200))
+        msg = await recv(ws)
+        assert isinstance(msg, gw.ErrorMessage)
+        assert msg.code == gw.ErrorCode.BUFFER_OVERFLOW
+        assert msg.recoverable
+        gate.set()
+        await finish(ws, allow_errors=True)
+
+
+async def test_adapter_fails_its_stream_on_buffer_overflow() -> None:
+    gate = asyncio.Event()
+
+    def backend(config: gw.StreamConfig) -> STTService:
+        svc = SlowFake()
+        svc.gate = gate
+        return svc
+
+    server = GatewayServer(backend, GatewayConfig(max_buffer_seconds=0.3))
+    async with AppServer(server.app) as app:
+        svc = GLMServerSTTService(gateway_endpoint(app.ws_url))
+        await svc.start_streaming()
+        with pytest.raises(StreamingFailed, match="dropped audio"):
+            for chunk in SPEECH.chunks(0.1) * 3:
+                await svc.send_audio(chunk)
+                await asyncio.sleep(0.01)
+        await svc.cancel_streaming()
+        gate.set()
+
+
+@pytest.mark.parametrize(
+    ("fault", "code", "expected"),
+    [
+        (FaultPlan.fail_on_connect(), gw.ErrorCode.MODEL_UNAVAILABLE, StreamingFailed),
+        (FaultPlan.rate_limited(), gw.ErrorCode.RATE_LIMIT_EXCEEDED, RateLimited),
+    ],
+)
+async def test_backend_failure_is_reported(
+    fault: FaultPlan, code: gw.ErrorCode, expected: type[Exception]
+) -> None:
+    server = GatewayServer(lambda config: FakeSTTService(faults=fault))
+    async with AppServer(server.app) as app:
+        async with connect(f"{app.ws_url}/v1/audio/stream") as ws:
+            await ws.send(gw.serialize(gw.Start()))
+            msg = await recv(ws)
+            assert isinstance(msg, gw.ErrorMessage)
+            assert msg.code == code
+        svc = GLMServerSTTService(gateway_endpoint(app.ws_url))
+        with pytest.raises(expected):
+            await svc.transcribe(SPEECH.pcm)
+
+
+async def test_backend_dying_mid_stream_is_model_unavailable() -> None:
+    server = GatewayServer(lambda config: FakeSTTService(faults=FaultPlan.drop_after(0.5)))
+    async with AppServer(server.app) as app, connect(f"{app.ws_url}/v1/audio/stream") as ws:
+        await ws.send(gw.serialize(gw.Start()))
+        await send_speech(ws, SPEECH.pcm)
+        msgs = []
+        with pytest.raises(ConnectionClosed):
+            while True:
+                msgs.append(await recv(ws))
+        errors = [m for m in msgs if isinstance(m, gw.ErrorMessage)]
+        assert [e.code for e in errors] == [gw.ErrorCode.MODEL_UNAVAILABLE]
+        assert not errors[0].recoverable
+        assert ws.close_code == 1011
+
+
+async def test_adapter_token_handling(monkeypatch: pytest.MonkeyPatch) -> None:
+    server = GatewayServer(lambda config: FakeSTTService(), GatewayConfig(token="s3cret"))
+    async with AppServer(server.app) as app:
+        monkeypatch.setenv("GW_TOKEN", "s3cret")
+        ok = GLMServerSTTService(gateway_endpoint(app.ws_url, api_key_env="GW_TOKEN"))
+        assert (await ok.transcribe(SPEECH.pcm)).text == SPEECH.text
+        monkeypatch.setenv("GW_TOKEN", "wrong")
+        bad = GLMServerSTTService(gateway_endpoint(app.ws_url, api_key_env="GW_TOKEN"))
+        with pytest.raises(AuthenticationFailed):
+            await bad.transcribe(SPEECH.pcm)
+
+
+async def test_adapter_reconnects_and_replays_after_a_gateway_restart() -> None:
+    server = GatewayServer(lambda config: FakeSTTService())
+    app = AppServer(server.app)
+    await app.start()
+    port = app.port
+    svc = GLMServerSTTService(gateway_endpoint(app.ws_url, reconnect_attempts=6))
+    results = await svc.start_streaming()
+    collected = []
+
+    async def consume() -> None:
+        async for r in results:
+            collected.append(r)
+
+    task = asyncio.create_task(consume())
+    chunks = SPEECH.chunks(0.1)
+    for chunk in chunks[:12]:  # through the first utterance's final, into the second
+        await svc.send_audio(chunk)
+    await asyncio.sleep(0.2)
+    await app.stop()  # the gateway goes away mid-utterance (close 1012)
+    app = AppServer(server.app, port=port)
+    restart = asyncio.create_task(_start_later(app, 0.3))
+    for chunk in chunks[12:]:
+        await svc.send_audio(chunk)
+    await svc.stop_streaming()
+    await task
+    await restart
+    await app.stop()
+    finals = [r for r in collected if r.is_final and r.transcript]
+    assert text_of(collected) == SPEECH.text
+    assert finals[-1].start == pytest.approx(SPEECH.utterances[1][0] - 0.2, abs=0.35)
+
+
+async def _start_later(app: AppServer, delay: float) -> None:
+    await asyncio.sleep(delay)
+    await app.start()
+
+
+async def test_adapter_gives_up_when_the_gateway_is_gone() -> None:
+    server = GatewayServer(lambda config: FakeSTTService())
+    async with AppServer(server.app) as app:
+        url = app.ws_url
+    svc = GLMServerSTTService(gateway_endpoint(url, reconnect_attempts=1))
+    with pytest.raises(ConnectionFailed):
+        await svc.start_streaming()
+    with pytest.raises(ConnectionFailed):
+        await svc.probe()
+
+
+# -- the OpenAI-compatible endpoint and the HTTP routes -------------------------------------
+async def post(
+    client: httpx.AsyncClient, url: str, fields: dict[str, str], data: bytes
+) -> httpx.Response:
+    ctype, body = wire.encode_multipart(fields, {"file": wire.FormFile("a.wav", "audio/wav", data)})
+    return await client.post(
+        f"{url}/v1/audio/transcriptions", content=body, headers={"content-type": ctype}
+    )
+
+
+async def test_http_transcriptions_json_text_sse_and_errors() -> None:
+    server = GatewayServer(
+        lambda config: FakeSTTService(), GatewayConfig(token="t", max_upload_bytes=200_000)
+    )
+    wav = wire.wav_bytes(SPEECH.pcm)
+    async with (
+        AppServer(server.app) as app,
+        httpx.AsyncClient(headers={"Authorization": "Bearer t"}) as client,
+    ):
+        url = app.http_url
+        r = await post(client, url, {}, wav)
+        assert r.json() == {"text": SPEECH.text, "usage": {"type": "duration", "seconds": 3}}
+        r = await post(client, url, {"response_format": "text"}, wav)
+        assert r.text == SPEECH.text
+        r = await post(client, url, {"stream": "true"}, wav)
+        decoder = wire.SSEDecoder()
+        events = [e for d in decoder.feed(r.content) for e in wire.parse_stream_event(d)]
+        assert wire.iter_text(iter(events)) == SPEECH.text
+        assert events[-1].kind == "end"
+        import io
+
+        import numpy as np
+        import soundfile
+
+        flac = io.BytesIO()
+        soundfile.write(flac, np.frombuffer(SPEECH.pcm, dtype="<i2"), 16000, format="FLAC")
+        assert (await post(client, url, {}, flac.getvalue())).json()["text"] == SPEECH.text
+        bad = await post(client, url, {"response_format": "srt"}, wav)
+        assert bad.status_code == 400
+        assert "srt" in wire.parse_error(400, bad.content).message
+        assert (await post(client, url, {}, b"garbage")).status_code == 400
+        assert (await post(client, url, {}, wire.wav_bytes(b""))).status_code == 400
+        big = await post(client, url, {}, bytes(300_000))
+        assert big.status_code == 413
+        no_file = await client.post(
+            f"{url}/v1/audio/transcriptions",
+            content=b"--x--\r\n",
+            headers={"content-type": "multipart/form-data; boundary=x"},
+        )
+        assert no_file.status_code == 400
+        assert (await client.get(f"{url}/v1/models")).json()["data"][0]["id"] == "sttrouter"
+        metrics = await client.get(f"{url}/metrics")
+        assert metrics.headers["content-type"].startswith("text/plain")
+        assert 'sttrouter_gateway_requests_total{kind="transcription"}' in metrics.text
+        assert 'sttrouter_gateway_errors_total{code="http_413"} 1' in metrics.text
+        async with httpx.AsyncClient() as anon:
+            assert (await post(anon, url, {}, wav)).status_code == 401
+            assert (await anon.get(f"{url}/metrics")).status_code == 401
+            assert (await anon.get(f"{url}/v1/models")).status_code == 401
+            assert (await anon.get(f"{url}/health")).json() == {"status": "ok"}
+
+
+async def test_http_backend_failures() -> None:
+    plans = iter(
+        [FaultPlan.fail_on_connect(), FaultPlan.rate_limited(), FaultPlan.fail_on_connect()]
+    )
+    server = GatewayServer(lambda config: FakeSTTService(faults=next(plans)))
+    wav = wire.wav_bytes(SPEECH.pcm)
+    async with AppServer(server.app) as app, httpx.AsyncClient() as client:
+        assert (await post(client, app.http_url, {}, wav)).status_code == 503
+        assert (await post(client, app.http_url, {}, wav)).status_code == 429
+        r = await post(client, app.http_url, {"stream": "true"}, wav)
+        events = [e for d in wire.SSEDecoder().feed(r.content) for e in wire.parse_stream_event(d)]
+        assert [e.kind for e in events] == ["error", "end"]
+
+
+async def test_ready_probes_the_backend() -> None:
+    down = FakeSTTService()
+    down.down = True
+    backends = iter([down, FakeSTTService()])
+    server = GatewayServer(lambda config: next(backends), GatewayConfig(ready_cache_seconds=0))
+    async with AppServer(server.app) as app, httpx.AsyncClient() as client:
+        r = await client.get(f"{app.http_url}/ready")
+        assert r.status_code == 503
+        assert r.json() == {"status": "ConnectionFailed"}
+        assert (await client.get(f"{app.http_url}/ready")).status_code == 200
+
+
+# -- the offline engine behind the gateway, on a committed speech sample -------------------
+SAMPLE = AUDIO_DIR / "water_16k.wav"
+
+
+def _offline_ready() -> bool:
+    try:
+        import sttrouter.providers.offline  # noqa: F401
+    except ImportError:
+        return False
+    return SAMPLE.is_file()
+
+
+@pytest.mark.skipif(not _offline_ready(), reason="offline engine or speech samples not present")
+async def test_offline_backend_transcribes_a_committed_sample_in_both_modes() -> None:
+    data, fmt = read_audio(SAMPLE)
+    reference = set(
+        SAMPLE.with_suffix("").with_name("water.txt").read_text().lower().strip(".\n").split()
+    )
+    args = build_parser().parse_args(["serve", "--backend", "offline"])
+    server = GatewayServer(build_backend(args), build_config(args, {}))
+    async with AppServer(server.app) as app:
+        for mode, url in (("gateway", app.ws_url), ("openai", app.http_url)):
+            ep = STTEndpoint(
+                id=mode,
+                provider="glm_server",
+                connection=ConnectionConfig(base_url=url, options={"mode": mode}),
+            )
+            collected: list[Any] = []
+            transcript = await stream_transcribe(
+                GLMServerSTTService(ep), data, fmt, on_result=collected.append
+            )
+            heard = set(transcript.text.split())
+            assert len(heard & reference) >= len(reference) // 2, transcript.text
+            assert any(r.is_final for r in collected)
+            if mode == "gateway":
+                assert any(not r.is_final for r in collected)  # the engine's partials
+
+
+# -- the command line ------------------------------------------------------------------------
+def parse(*argv: str) -> argparse.Namespace:
+    return build_parser().parse_args(["serve", *argv])
+
+
+def test_cli_config_reads_the_token_from_the_environment() -> None:
+    cfg = build_config(parse("--max-sessions", "7"), {"STTROUTER_GATEWAY_TOKEN": "x"})
+    assert (cfg.token, cfg.max_sessions) == ("x", 7)
+    assert build_config(parse(), {}).token is None
+    for bad in (
+        ["--max-sessions", "0"],
+        ["--max-frame-seconds", "0"],
+        ["--max-buffer-seconds", "-1"],
+    ):
+        with pytest.raises(ConfigError):
+            build_config(parse(*bad), {})
+
+
+def test_cli_backends() -> None:
+    assert isinstance(build_backend(parse("--backend", "fake"))(gw.StreamConfig()), FakeSTTService)
+    with pytest.raises(ConfigError, match="backend-url"):
+        build_backend(parse("--backend", "openai"))
+    make: Callable[[gw.StreamConfig], STTService] = build_backend(
+        parse(
+            "--backend",
+            "openai",
+            "--backend-url",
+            "http://127.0.0.1:9",
+            "--backend-model",
+            "m",
+            "--interim-interval",
+            "1",
+        )
+    )
+    svc = make(gw.StreamConfig(language="de"))
+    assert isinstance(svc, GLMServerSTTService)
+    assert svc.language == "de"
+    assert svc.interim_interval == 1.0
+    assert make(gw.StreamConfig()).language is None
+
+
+async def test_cli_serve_runs_until_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sttrouter.cli import serve as serve_cli
+
+    started: list[AppServer] = []
+    up = asyncio.Event()
+    real_start = AppServer.start
+
+    async def spy(self: AppServer) -> None:
+        await real_start(self)
+        started.append(self)
+        up.set()
+
+    monkeypatch.setattr(AppServer, "start", spy)
+    args = parse("--backend", "fake", "--port", "0", "--log-level", "warning")
+    server = GatewayServer(build_backend(args), build_config(args, {}))
+    task = asyncio.create_task(serve_cli._serve(server, args))
+    await asyncio.wait_for(up.wait(), 10)
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(f"{started[0].http_url}/health")).status_code == 200
+    await started[0].stop()
+    await task
