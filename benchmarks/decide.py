@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 
+import attrs
+
 from sttrouter.panel import (
     Conditions,
     ConnectionConfig,
@@ -133,22 +135,24 @@ def rate(
     inputs: list[tuple[Conditions, str | None]],
     seconds: float,
 ) -> float:
+    """Decisions per CPU-second of this process (per core, and robust to other processes
+    sharing the machine, which wall-clock time is not)."""
     n = len(inputs)
     done = 0
-    start = time.perf_counter()
+    start = time.process_time()
     deadline = start + seconds
     while True:
         for c, lang in inputs:
             fn(c, lang)
         done += n
-        now = time.perf_counter()
+        now = time.process_time()
         if now >= deadline:
             return done / (now - start)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--seconds", type=float, default=2.0, help="time per variant")
+    ap.add_argument("--seconds", type=float, default=2.0, help="CPU seconds per variant")
     args = ap.parse_args()
     reg = ten_endpoints()
     policy = default_policy()
@@ -171,15 +175,19 @@ def main() -> None:
         "compiled + memo": lambda c, lang: memo.decide(c, lang, environ=env),
     }
     results = {name: rate(fn, inputs, args.seconds) for name, fn in variants.items()}
+    # apps build a new Conditions per request: equal to the memoised one, not identical
+    fresh = [(attrs.evolve(c), lang) for c, lang in inputs]
+    name = "memo, new objects"
+    results[name] = rate(variants["compiled + memo"], fresh, args.seconds)
     base = results["naive rule scan"]
     print(
         f"python {platform.python_version()} on {platform.machine()}, 1 core, 10 endpoints, "
-        f"{len(inputs)} distinct inputs, {args.seconds:g} s per variant"
+        f"{len(inputs)} distinct inputs, {args.seconds:g} CPU-s per variant (rates per CPU-second)"
     )
     print(f"{'variant':<18}{'decisions/s':>14}{'vs naive':>10}")
     for name, r in results.items():
         print(f"{name:<18}{r:>14,.0f}{r / base:>9.1f}x")
-    best = max(results["compiled"], results["compiled + memo"])
+    best = min(results["compiled + memo"], results[name])
     print(f"goal {GOAL:,}/s: {'met' if best >= GOAL else 'NOT met'}")
 
 

@@ -196,11 +196,16 @@ class Decision:
 # --- compiled state ---------------------------------------------------------------------------
 
 _OK = None
-_NO_MEMORY = SkipReason.INSUFFICIENT_MEMORY
-_NO_LANGUAGE = SkipReason.LANGUAGE_UNSUPPORTED
-_NO_STREAMING = SkipReason.NOT_STREAMING
-_NO_KEY = SkipReason.NO_API_KEY
-_BREAKER = SkipReason.BREAKER_OPEN
+# Per-call outcomes are small ints (index into _REASONS), not enum members: enum hashing runs
+# Python code, and the memo hashes a tuple of outcomes on every call.
+_REASONS: tuple[SkipReason, ...] = tuple(SkipReason)
+_CODE = {r: k for k, r in enumerate(_REASONS)}
+_NO_MEMORY = _CODE[SkipReason.INSUFFICIENT_MEMORY]
+_NO_LANGUAGE = _CODE[SkipReason.LANGUAGE_UNSUPPORTED]
+_NO_STREAMING = _CODE[SkipReason.NOT_STREAMING]
+_NO_KEY = _CODE[SkipReason.NO_API_KEY]
+_BREAKER = _CODE[SkipReason.BREAKER_OPEN]
+_PlanKey = tuple[str, str, str]
 
 
 # (registration index, endpoint, languages, streams, api key env, memory needed, id): a plain
@@ -219,10 +224,10 @@ class _Plan:
 class _Compiled:
     version: int
     endpoints: tuple[STTEndpoint, ...]
-    plans: Mapping[Combo, _Plan]
-    # prebuilt verdicts: ranked[i][rank] and skipped[i][reason]
+    plans: Mapping[_PlanKey, _Plan]  # keyed by the enums' plain string values
+    # prebuilt verdicts: ranked[i][rank] and skipped[i][reason code]
     ranked: tuple[tuple[Verdict, ...], ...]
-    skipped: tuple[Mapping[SkipReason, Verdict], ...]
+    skipped: tuple[tuple[Verdict, ...], ...]
 
 
 def _static_reason(ep: STTEndpoint, combo: Combo) -> SkipReason | None:
@@ -274,9 +279,9 @@ def _order(
 def _compile(policy: Policy, registry: EndpointRegistry) -> _Compiled:
     endpoints = registry.endpoints
     n = len(endpoints)
-    skipped = tuple({r: Verdict(ep.id, None, r) for r in SkipReason} for ep in endpoints)
+    skipped = tuple(tuple(Verdict(ep.id, None, r) for r in _REASONS) for ep in endpoints)
     ranked = tuple(tuple(Verdict(ep.id, k, None) for k in range(n)) for ep in endpoints)
-    plans: dict[Combo, _Plan] = {}
+    plans: dict[_PlanKey, _Plan] = {}
     for combo in ALL_COMBOS:
         rule, order, excluded = _order(policy, endpoints, combo)
         template: list[Verdict | None] = [None] * n
@@ -286,7 +291,7 @@ def _compile(policy: Policy, registry: EndpointRegistry) -> _Compiled:
             if reason is None and (i in excluded or i not in order):
                 reason = SkipReason.NOT_IN_POLICY
             if reason is not None:
-                template[i] = skipped[i][reason]
+                template[i] = skipped[i][_CODE[reason]]
         for i in order:
             if template[i] is None:
                 ep = endpoints[i]
@@ -301,7 +306,8 @@ def _compile(policy: Policy, registry: EndpointRegistry) -> _Compiled:
                         ep.id,
                     )
                 )
-        plans[combo] = _Plan(rule, tuple(candidates), tuple(template))
+        key = (combo[0]._value_, combo[1]._value_, combo[2]._value_)
+        plans[key] = _Plan(rule, tuple(candidates), tuple(template))
     return _Compiled(registry.version, endpoints, plans, ranked, skipped)
 
 
@@ -311,14 +317,14 @@ _MEMO_LIMIT = 4096
 #  (position, api key env, id) of usable candidates that need a key,
 #  (position, api key env, id) of every usable candidate)
 _Check = tuple[int, str | None, str]
-_Prefiltered = tuple[tuple[SkipReason | None, ...], tuple[_Check, ...], tuple[_Check, ...]]
+_Prefiltered = tuple[tuple[int | None, ...], tuple[_Check, ...], tuple[_Check, ...]]
 
 
 def _prefilter(
     plan: _Plan, lang: str | None, base: str | None, streaming: bool, mem: float | None
 ) -> _Prefiltered:
     """Memory, language and streaming checks: a function of the call's arguments only."""
-    outcome: list[SkipReason | None] = []
+    outcome: list[int | None] = []
     usable: list[_Check] = []
     for pos, (_i, _ep, langs, streams, key_env, need_mem, eid) in enumerate(plan.candidates):
         if need_mem is not None and mem is not None and need_mem > mem:
@@ -384,7 +390,9 @@ class Router:
         state = self._compiled
         if state is None or state.version != self.registry.version:
             state = self._state()
-        plan = state.plans[(conditions.tier, conditions.network, conditions.thermal)]
+        plan = state.plans[
+            (conditions.tier._value_, conditions.network._value_, conditions.thermal._value_)
+        ]
         env = os.environ if environ is None else environ
         lang = base = None
         if language is not None:
@@ -443,5 +451,7 @@ class Router:
         self, tier: DeviceTier, network: NetworkStatus, thermal: ThermalState
     ) -> tuple[str | None, tuple[str, ...]]:
         """The matched rule and the candidate ids before per-call filtering (for tooling)."""
-        p = self._state().plans[(tier, network, thermal)]
+        p = self._state().plans[
+            (DeviceTier(tier).value, NetworkStatus(network).value, ThermalState(thermal).value)
+        ]
         return p.rule, tuple(c[6] for c in p.candidates)
