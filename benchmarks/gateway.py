@@ -1,0 +1,272 @@
+"""How many concurrent real-time sessions the gateway sustains, and the latency it adds.
+
+Each session sends 100 ms PCM16 frames at real-time pace over ``/v1/audio/stream``. The gateway
+runs in a subprocess (so it has a core of its own; the clients share the other one).
+
+* no-op backend: the engine answers every frame at once with a partial naming the frame, so
+  the round trip "frame sent → its partial received" is what the gateway (plus the socket and
+  the client's own event loop) adds. Baseline, same run: a bare ``websockets`` echo server at
+  the same concurrency, i.e. the cost of the socket and the client alone.
+* offline backend: the built-in pocketsphinx engine on a committed speech clip (looped);
+  latency is "the frame that ends a result was sent → the result arrived".
+
+Run: ``.venv/bin/python benchmarks/gateway.py`` (about 2 minutes). ``--quick`` for a smoke run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+FRAME = 3200  # 100 ms of 16 kHz PCM16
+P99_LIMIT_MS = 20.0
+
+
+# -- server side (runs in the subprocess) ------------------------------------------------------
+def _noop_backend() -> Any:
+    from sttrouter.results import STTResult
+    from sttrouter.service import BaseSTTService
+    from sttrouter.testing import fake_endpoint
+
+    class NoOp(BaseSTTService):
+        """Answers each frame at once with a partial carrying the frame's number."""
+
+        async def _open(self) -> None:
+            self.n = 0
+
+        async def _send(self, pcm: bytes) -> None:
+            self.n += 1
+            end = self.stream_seconds
+            await self._emit(STTResult(str(self.n), False, start=max(0.0, end - 0.1), duration=0.1))
+
+    endpoint = fake_endpoint("noop")
+    return lambda config: NoOp(endpoint)
+
+
+async def _serve(kind: str, port: int) -> None:
+    if kind == "echo":
+        from websockets.asyncio.server import serve
+
+        async def echo(ws: Any) -> None:
+            async for msg in ws:
+                await ws.send(msg if isinstance(msg, str) else str(len(msg)))
+
+        async with serve(echo, "127.0.0.1", port, compression=None, max_queue=None):
+            print("READY", flush=True)
+            await asyncio.Future()
+    from sttrouter.cli import build_parser
+    from sttrouter.cli.serve import build_backend, build_config
+    from sttrouter.gateway._runner import AppServer
+    from sttrouter.gateway.server import GatewayConfig, GatewayServer
+
+    if kind == "noop":
+        backend = _noop_backend()
+    else:
+        backend = build_backend(build_parser().parse_args(["serve", "--backend", kind]))
+    config = build_config(build_parser().parse_args(["serve", "--max-sessions", "5000"]), {})
+    server = GatewayServer(backend, GatewayConfig(max_sessions=config.max_sessions))
+    async with AppServer(server.app, port=port, backlog=4096):
+        print("READY", flush=True)
+        await asyncio.Future()
+
+
+# -- client side -------------------------------------------------------------------------------
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def server_process(kind: str) -> Any:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--serve", kind, "--port", str(port)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if "READY" not in line:
+        proc.kill()
+        raise RuntimeError(f"{kind} server did not start: {line!r}")
+    try:
+        yield f"ws://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+async def _session(
+    url: str,
+    kind: str,
+    pcm: bytes,
+    seconds: float,
+    warmup: float,
+    lat: list[float],
+    errors: list[str],
+) -> None:
+    from websockets.asyncio.client import connect
+
+    from sttrouter.gateway import protocol as gw
+
+    frames = max(1, int(seconds / 0.1))
+    sent: dict[int, float] = {}  # frame number (1-based) -> send time
+    start_measure = warmup / 0.1
+    try:
+        path = "" if kind == "echo" else "/v1/audio/stream"
+        async with connect(url + path, compression=None, max_queue=None, open_timeout=60) as ws:
+            if kind != "echo":
+                await ws.send(gw.serialize(gw.Start()))
+            await asyncio.sleep(random.random() * 0.1)  # spread the sessions' phases
+
+            async def reader() -> None:
+                async for raw in ws:
+                    now = time.perf_counter()
+                    if kind == "echo":
+                        n = len(sent)  # echo answers in order
+                        if n > start_measure:
+                            lat.append(now - sent[n])
+                        continue
+                    msg = gw.parse_server(raw)
+                    if isinstance(msg, gw.ErrorMessage):
+                        errors.append(str(msg.code))
+                        continue
+                    assert isinstance(msg, gw.Transcript)
+                    n = (
+                        int(msg.text)
+                        if kind == "noop"
+                        else -(-(msg.timestamp_ms + msg.duration_ms) // 100)
+                    )
+                    n = min(max(n, 1), len(sent))
+                    if n > start_measure and n in sent:
+                        lat.append(now - sent[n])
+
+            task = asyncio.create_task(reader())
+            t0 = time.perf_counter()
+            for i in range(frames):
+                delay = t0 + i * 0.1 - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                off = (i * FRAME) % len(pcm)
+                frame = (pcm[off:] + pcm)[:FRAME]
+                sent[i + 1] = time.perf_counter()
+                await ws.send(frame)
+            if kind == "echo":
+                await asyncio.sleep(0.2)
+                task.cancel()
+            else:
+                await ws.send(gw.serialize(gw.End()))
+                await asyncio.wait_for(task, 60)
+    except Exception as exc:  # a refused or dropped session counts as a failure
+        errors.append(type(exc).__name__)
+
+
+async def run_level(
+    url: str, kind: str, sessions: int, seconds: float, pcm: bytes
+) -> dict[str, Any]:
+    lat: list[float] = []
+    errors: list[str] = []
+    await asyncio.gather(
+        *(_session(url, kind, pcm, seconds, 1.0, lat, errors) for _ in range(sessions))
+    )
+    lat.sort()
+    p = (
+        (lambda q: 1000 * lat[min(len(lat) - 1, int(q * len(lat)))])
+        if lat
+        else (lambda q: float("nan"))
+    )
+    return {
+        "sessions": sessions,
+        "samples": len(lat),
+        "p50_ms": p(0.5),
+        "p99_ms": p(0.99),
+        "mean_ms": 1000 * statistics.fmean(lat) if lat else float("nan"),
+        "errors": len(errors),
+    }
+
+
+def _speech() -> bytes:
+    from sttrouter.audio import read_audio
+
+    data, fmt = read_audio(ROOT / "examples" / "audio" / "long_16k.wav")
+    assert fmt.sample_rate == 16000
+    assert fmt.channels == 1
+    return data
+
+
+def _row(kind: str, r: dict[str, Any]) -> str:
+    return (
+        f"| {kind} | {r['sessions']} | {r['samples']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+        f"{r['errors']} |"
+    )
+
+
+async def main(quick: bool) -> None:
+    silence_pcm = bytes(FRAME * 10)
+    speech = _speech()
+    seconds = 3.0 if quick else 6.0
+    levels = [50, 100] if quick else [100, 250, 500, 750, 1000]
+    rows: list[str] = []
+    print("| backend | sessions | samples | p50 ms | p99 ms | failed sessions/errors |")
+    print("|---|---|---|---|---|---|")
+    sustained = 0
+    for level in levels:
+        with server_process("echo") as url:
+            base = await run_level(url, "echo", level, seconds, silence_pcm)
+        rows.append(_row("bare websockets echo (baseline)", base))
+        print(rows[-1], flush=True)
+        with server_process("noop") as url:
+            r = await run_level(url, "noop", level, seconds, silence_pcm)
+        rows.append(_row("gateway, no-op engine", r))
+        print(rows[-1], flush=True)
+        if r["p99_ms"] <= P99_LIMIT_MS and r["errors"] == 0:
+            sustained = level
+        else:
+            break
+    print(
+        f"\nno-op engine: sustained {sustained} concurrent real-time sessions with p99 <= "
+        f"{P99_LIMIT_MS:g} ms"
+    )
+    offline_levels = [1, 2] if quick else [1, 2, 4, 6, 8]
+    ok_offline = 0
+    with server_process("offline") as url:
+        for level in offline_levels:
+            r = await run_level(url, "offline", level, 8.0 if quick else 12.0, speech)
+            print(_row("gateway, offline engine (pocketsphinx)", r), flush=True)
+            if r["errors"] == 0 and r["p99_ms"] <= 1000:
+                ok_offline = level
+            else:
+                break
+    print(f"offline engine: {ok_offline} concurrent real-time sessions with result p99 <= 1 s")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--serve", choices=["echo", "noop", "offline"])
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    if args.serve:
+        asyncio.run(_serve(args.serve, args.port))
+    else:
+        asyncio.run(main(args.quick))
