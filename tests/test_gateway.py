@@ -560,3 +560,28 @@ async def test_cli_serve_runs_until_stopped(monkeypatch: pytest.MonkeyPatch) -> 
         assert (await client.get(f"{started[0].http_url}/health")).status_code == 200
     await started[0].stop()
     await task
+
+
+async def test_reconnect_backoff_runs_on_the_injected_clock() -> None:
+    from sttrouter.testing import FakeClock
+
+    server = GatewayServer(lambda config: FakeSTTService())
+    async with AppServer(server.app) as app:
+        url = app.ws_url
+    clock = FakeClock()
+    svc = GLMServerSTTService(gateway_endpoint(url, reconnect_attempts=3), clock=clock)
+    task = asyncio.create_task(svc.start_streaming())
+    delays = []
+    for _ in range(3):
+        for _ in range(2000):  # a real socket connect is failing meanwhile
+            deadline = clock.next_deadline
+            if deadline is not None and deadline - clock.now() < 10:
+                break
+            await asyncio.sleep(0.005)
+        assert deadline is not None
+        delays.append(round(deadline - clock.now(), 6))
+        await clock.advance(deadline - clock.now())
+    with pytest.raises(ConnectionFailed):
+        await task
+    assert delays == [0.2, 0.4, 0.8]
+    assert not svc.is_streaming
