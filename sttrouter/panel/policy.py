@@ -313,7 +313,7 @@ DEFAULT_POLICY_TOML = """\
 #     1. (ultra, disconnected, serious) went to the GLM server with no network -> offline engine.
 #     2. (ultra, *, fair) had no on-device path (Deepgram, or offline when disconnected)
 #        -> on-device GLM stays first at fair heat.
-#     3. an on-device engine could be chosen at serious/critical heat by a fallback chain
+#     3. nothing in the table keeps an on-device engine out of a chain when the phone is hot
 #        -> every hot rule excludes location:on_device (the offline engine is the exception).
 #     4. (ultra, *, critical) fell to Deepgram while serious went to the free GLM server
 #        -> critical is treated like serious.
