@@ -396,3 +396,38 @@ def test_decision_value() -> None:
     assert {v["reason"] for v in data["verdicts"]} == {None, "no_api_key"}
     with pytest.raises(AttributeError):
         d.chain = ()  # type: ignore[misc]
+
+
+def test_panel_public_names() -> None:
+    import sttrouter.panel as panel
+
+    assert sorted(panel.__all__) == sorted(
+        [
+            "Conditions",
+            "ConnectionConfig",
+            "Decision",
+            "DeviceTier",
+            "EndpointRegistry",
+            "HealthView",
+            "HostInfo",
+            "Location",
+            "NetworkStatus",
+            "Policy",
+            "Provider",
+            "Router",
+            "Rule",
+            "STTEndpoint",
+            "SkipReason",
+            "ThermalState",
+            "Unlisted",
+            "Verdict",
+            "default_policy",
+            "default_registry",
+            "detect_host",
+            "host_conditions",
+            "tier_for_apple_device",
+            "tier_for_memory",
+        ]
+    )
+    for name in panel.__all__:
+        assert getattr(panel, name) is not None
