@@ -405,7 +405,9 @@ class BaseSTTService:
         latency = result.latency
         if latency is None:
             latency = stream.latency_for(result.end, now)
-        result = attrs.evolve(result, latency=latency, timestamp=now, endpoint_id=self.endpoint.id)
+        # a composite (RoutedSession) passes on the endpoint that really produced the result
+        eid = result.endpoint_id or self.endpoint.id
+        result = attrs.evolve(result, latency=latency, timestamp=now, endpoint_id=eid)
         self._metrics.result_received(
             latency=latency, is_final=result.is_final, words=_word_count(result), now=now
         )
