@@ -31,6 +31,9 @@ from sttrouter.errors import (
 from sttrouter.metrics import STTMetrics
 from sttrouter.panel.device import Conditions, DeviceTier, NetworkStatus, ThermalState
 from sttrouter.panel.endpoint import ConnectionConfig, Location, Provider, STTEndpoint
+from sttrouter.panel.policy import Policy, Rule
+from sttrouter.panel.registry import EndpointRegistry
+from sttrouter.panel.router import Decision, Router, SkipReason, Verdict
 from sttrouter.results import STTResult, Transcript, WordTimestamp
 from sttrouter.service import AudioStream, BaseSTTService, STTService
 
@@ -52,10 +55,12 @@ __all__ = [
     "ConnectTimeout",
     "ConnectionConfig",
     "ConnectionFailed",
+    "Decision",
     "DeviceTier",
     "EmptyTranscripts",
     "Encoding",
     "EndpointMisconfigured",
+    "EndpointRegistry",
     "ErrorKind",
     "Location",
     "MalformedResponse",
@@ -64,20 +69,25 @@ __all__ = [
     "NoEndpointAvailable",
     "NotStreaming",
     "PermanentError",
+    "Policy",
     "Provider",
     "QuotaExceeded",
     "RateLimited",
+    "Router",
+    "Rule",
     "STTEndpoint",
     "STTError",
     "STTMetrics",
     "STTResult",
     "STTService",
+    "SkipReason",
     "StreamStalled",
     "StreamingFailed",
     "SystemClock",
     "ThermalState",
     "Transcript",
     "TransientError",
+    "Verdict",
     "WordTimestamp",
     "__version__",
     "read_audio",
