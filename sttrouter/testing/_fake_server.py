@@ -12,7 +12,9 @@ message); each vendor server also maps the engine-neutral
 from __future__ import annotations
 
 import asyncio
+import io
 import socket
+import wave
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -30,9 +32,18 @@ __all__ = [
     "SessionRecord",
     "normalise_script",
     "plain_word",
+    "wav_seconds",
 ]
 
 ScriptInput = Iterable["ScriptedUtterance | tuple[str, float, float]"]
+
+
+def wav_seconds(body: bytes, sample_rate: int, channels: int = 1) -> float:
+    """Duration of a WAV body, or of raw s16le at ``sample_rate``."""
+    if body[:4] == b"RIFF":
+        with wave.open(io.BytesIO(body)) as w:
+            return float(w.getnframes() / w.getframerate())
+    return len(body) / (2 * channels * sample_rate)
 
 
 def plain_word(text: str) -> str:

@@ -29,7 +29,6 @@ rate limit → 429 / close 1013, drop → close 1011 ``NET-0000``, connect fail 
 
 from __future__ import annotations
 
-import io
 import uuid
 import wave
 from typing import Any
@@ -50,6 +49,7 @@ from sttrouter.testing._fake_server import (
     WordHeard,
     normalise_script,
     vendor_faults,
+    wav_seconds,
 )
 from sttrouter.testing._faults import FaultKind
 
@@ -78,14 +78,6 @@ def _json_response(body: str | bytes, status: int = 200) -> Any:
     from starlette.responses import Response
 
     return Response(body, status_code=status, media_type="application/json")
-
-
-def wav_seconds(body: bytes, sample_rate: int, channels: int = 1) -> float:
-    """Duration of a WAV body, or of raw s16le at ``sample_rate``."""
-    if body[:4] == b"RIFF":
-        with wave.open(io.BytesIO(body)) as w:
-            return float(w.getnframes() / w.getframerate())
-    return len(body) / (2 * channels * sample_rate)
 
 
 class _Session:

@@ -1,0 +1,323 @@
+"""AssemblyAISTTService through the real assemblyai SDK against FakeAssemblyAIServer."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Callable
+from decimal import Decimal
+from typing import Any
+
+import anyio
+import pytest
+
+from sttrouter.audio import ENGINE_FORMAT
+from sttrouter.errors import (
+    AudioFormatError,
+    AuthenticationFailed,
+    ConfigError,
+    ConnectionFailed,
+    ConnectTimeout,
+    EndpointMisconfigured,
+    QuotaExceeded,
+    RateLimited,
+    StreamingFailed,
+    STTError,
+)
+from sttrouter.providers import create_service
+from sttrouter.providers.assemblyai import AssemblyAISTTService, assemblyai_endpoint
+from sttrouter.results import STTResult
+from sttrouter.service import stream_transcribe
+from sttrouter.testing import FakeClock, FaultPlan, check_stt_service, synthetic_speech
+from sttrouter.testing._fake_server import ServerFault
+from sttrouter.testing.assemblyai_server import FakeAssemblyAIServer
+
+pytestmark = pytest.mark.anyio
+
+KEY = "aai-test-key"
+# The fake is scripted, so only the audio's duration matters.
+SPEECH = synthetic_speech((4, 5), word_seconds=0.15, lead_seconds=0.3)
+SAMPLE_SCRIPT = [
+    ("Hello there, my friend.", *SPEECH.utterances[0]),
+    ("How are you doing today?", *SPEECH.utterances[1]),
+]
+
+
+@pytest.fixture(autouse=True)
+def _key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ASSEMBLYAI_API_KEY", KEY)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FakeAssemblyAIServer]:
+    async with FakeAssemblyAIServer(script=SAMPLE_SCRIPT, api_key=KEY) as s:
+        yield s
+
+
+def service(
+    server: FakeAssemblyAIServer, clock: Any = None, **options: Any
+) -> AssemblyAISTTService:
+    options.setdefault("poll_interval", 0.01)
+    endpoint = assemblyai_endpoint(base_url=server.base_url, options=options)
+    return AssemblyAISTTService(endpoint, clock=clock)
+
+
+async def stream(svc: AssemblyAISTTService, pcm: bytes, chunk: float = 0.02) -> list[STTResult]:
+    out: list[STTResult] = []
+    await stream_transcribe(svc, pcm, ENGINE_FORMAT, chunk_seconds=chunk, on_result=out.append)
+    return out
+
+
+async def test_streams_partials_then_formatted_finals(server: FakeAssemblyAIServer) -> None:
+    svc = service(server)
+    out = await stream(svc, SPEECH.pcm)
+    finals = [r for r in out if r.is_final]
+    assert [r.transcript for r in finals] == [u[0] for u in SAMPLE_SCRIPT]
+    assert all(r.is_end_of_utterance for r in finals)
+    interims = [r.transcript for r in out if not r.is_final]
+    assert interims[:3] == ["hello", "hello there", "hello there my"]
+    assert "hello there my friend" in interims  # the unformatted end of turn
+    words = [w for r in finals for w in r.words]
+    expected = [w for utt in server.script for w in utt.words]
+    assert [(w.word, w.start, w.end) for w in words] == [
+        (e.text, pytest.approx(e.start, abs=1e-3), pytest.approx(e.end, abs=1e-3)) for e in expected
+    ]
+    assert all(r.language == "en" for r in finals)
+    session = server.sessions[0]
+    assert session.query["sample_rate"] == "16000"
+    assert session.query["encoding"] == "pcm_s16le"
+    assert session.query["format_turns"] == "True"
+    assert session.controls == ["ForceEndpoint", "Terminate"]
+    assert session.close_code == 1000
+    assert svc.session_id
+
+
+@pytest.mark.parametrize("chunk", [0.01, 0.02, 0.07, 1.7])
+async def test_any_chunk_size_is_recut_to_50_1000_ms(
+    server: FakeAssemblyAIServer, chunk: float
+) -> None:
+    out = await stream(service(server), SPEECH.pcm, chunk=chunk)
+    assert [r.transcript for r in out if r.is_final] == [u[0] for u in SAMPLE_SCRIPT]
+    sizes = server.sessions[0].chunk_sizes
+    assert all(1600 <= s <= 32000 for s in sizes), sizes
+    # every sample arrived, plus at most the padding of the last message
+    assert len(SPEECH.pcm) <= server.sessions[0].audio_bytes < len(SPEECH.pcm) + 1600
+
+
+async def test_unformatted_mode_and_options(server: FakeAssemblyAIServer) -> None:
+    svc = service(
+        server,
+        format_turns=False,
+        speech_model="universal-streaming-english",
+        end_of_turn_confidence_threshold=0.7,
+        keyterms_prompt=["Kubernetes"],
+        chunk_ms=50,
+    )
+    out = await stream(svc, SPEECH.pcm)
+    finals = [r.transcript for r in out if r.is_final]
+    assert finals == ["hello there my friend", "how are you doing today"]
+    q = server.sessions[0].query
+    assert q["format_turns"] == "False"
+    assert q["speech_model"] == "universal-streaming-english"
+    assert q["keyterms_prompt"] == '["Kubernetes"]'
+    assert set(server.sessions[0].chunk_sizes[:-1]) == {1600}
+
+
+async def test_force_endpoint_flushes_the_open_turn(server: FakeAssemblyAIServer) -> None:
+    utt = server.script[0]
+    cut = (utt.words[1].end + utt.words[2].end) / 2
+    out = await stream(service(server), SPEECH.pcm[: ENGINE_FORMAT.bytes_for(cut)])
+    assert [r.transcript for r in out if r.is_final] == ["Hello there,"]
+
+
+async def test_conformance(server: FakeAssemblyAIServer) -> None:
+    await check_stt_service(lambda: service(server), SPEECH.pcm)
+
+
+async def test_batch_upload_transcript_poll(server: FakeAssemblyAIServer) -> None:
+    svc = service(server)
+    transcript = await svc.transcribe(SPEECH.pcm, ENGINE_FORMAT)
+    assert transcript.text == " ".join(u[0] for u in SAMPLE_SCRIPT)
+    expected = [w for utt in server.script for w in utt.words]
+    assert [(w.word, w.start, w.end) for w in transcript.words] == [
+        (e.text, pytest.approx(e.start, abs=1e-3), pytest.approx(e.end, abs=1e-3)) for e in expected
+    ]
+    calls = [
+        (r.method, r.path.rsplit("/", 1)[0] if r.path.count("/") > 2 else r.path)
+        for r in server.requests
+    ]
+    assert calls == [
+        ("POST", "/v2/upload"),
+        ("POST", "/v2/transcript"),
+        ("GET", "/v2/transcript"),
+        ("GET", "/v2/transcript"),
+    ]
+    assert svc.metrics.cost > 0
+
+
+async def test_batch_polls_on_the_injected_clock() -> None:
+    clock = FakeClock()
+    async with FakeAssemblyAIServer(script=SAMPLE_SCRIPT, api_key=KEY, polls_until_done=3) as srv:
+        svc = service(srv, clock, poll_interval=3.0)
+        async with anyio.create_task_group() as tg:
+            done: list[str] = []
+
+            async def run() -> None:
+                done.append((await svc.transcribe(SPEECH.pcm, ENGINE_FORMAT)).text)
+
+            tg.start_soon(run)
+            for _ in range(4):
+                # two sleepers: the batch deadline and the poll interval
+                await eventually(lambda: clock.sleepers == 2)
+                await clock.advance(3.0)
+        assert done == [" ".join(u[0] for u in SAMPLE_SCRIPT)]
+        assert len([r for r in srv.requests if r.method == "GET"]) == 4
+
+
+async def test_batch_error_status() -> None:
+    async with FakeAssemblyAIServer(
+        script=SAMPLE_SCRIPT, api_key=KEY, batch_error="Transcoding failed: no audio"
+    ) as srv:
+        with pytest.raises(AudioFormatError):
+            await service(srv).transcribe(SPEECH.pcm, ENGINE_FORMAT)
+    async with FakeAssemblyAIServer(script=SAMPLE_SCRIPT, api_key=KEY, batch_error="boom") as srv:
+        with pytest.raises(StreamingFailed):
+            await service(srv).transcribe(SPEECH.pcm, ENGINE_FORMAT)
+
+
+async def test_probe_bills_nothing(server: FakeAssemblyAIServer) -> None:
+    await service(server).probe()
+    assert [(r.method, r.path, r.query) for r in server.requests] == [
+        ("GET", "/v2/transcript", {"limit": "1"})
+    ]
+    assert not server.sessions
+
+
+async def test_wrong_key_everywhere(
+    server: FakeAssemblyAIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ASSEMBLYAI_API_KEY", "wrong-key")
+    svc = service(server)
+    with pytest.raises(AuthenticationFailed) as info:
+        await svc.start_streaming()  # 1008 arrives after the upgrade, before Begin
+    assert "wrong-key" not in str(info.value)
+    assert not svc.is_streaming
+    with pytest.raises(AuthenticationFailed) as info2:
+        await svc.probe()
+    assert "ASSEMBLYAI_API_KEY" in str(info2.value)
+    with pytest.raises(AuthenticationFailed):
+        await svc.transcribe(SPEECH.pcm, ENGINE_FORMAT)
+
+
+@pytest.mark.parametrize(
+    ("faults", "error"),
+    [
+        (FaultPlan.auth_error(), AuthenticationFailed),
+        (FaultPlan.quota_exceeded(), QuotaExceeded),
+        (FaultPlan.rate_limited(), RateLimited),
+        (FaultPlan.fail_on_connect(), ConnectionFailed),
+        ([ServerFault(http_status=401, reason="Unauthorized")], AuthenticationFailed),
+        ([ServerFault(http_status=402, reason="Payment required")], QuotaExceeded),
+        ([ServerFault(http_status=429, reason="Too many")], RateLimited),
+        ([ServerFault(http_status=404, reason="no such route")], EndpointMisconfigured),
+    ],
+)
+async def test_connect_faults(faults: Any, error: type[STTError]) -> None:
+    async with FakeAssemblyAIServer(script=SAMPLE_SCRIPT, api_key=KEY, faults=faults) as srv:
+        svc = service(srv)
+        with pytest.raises(error) as info:
+            await svc.start_streaming()
+        assert info.value.endpoint_id == "assemblyai"
+        assert KEY not in str(info.value)
+        assert not svc.is_streaming
+
+
+@pytest.mark.parametrize(
+    ("faults", "error"),
+    [
+        (FaultPlan.drop_after(0.5), StreamingFailed),
+        (FaultPlan.auth_error(after=0.5), AuthenticationFailed),
+        (FaultPlan.quota_exceeded(after=0.5), QuotaExceeded),
+        (FaultPlan.rate_limited(after=0.5), RateLimited),
+        (
+            [ServerFault(after=0.5, close_code=3007, reason="Input duration violation")],
+            AudioFormatError,
+        ),
+        ([ServerFault(after=0.5, close_code=3005, reason="Server error")], StreamingFailed),
+        ([ServerFault(after=0.5, close_code=3008, reason="Session expired")], StreamingFailed),
+        ([ServerFault(after=0.5, close_code=1000, in_band=False)], StreamingFailed),
+    ],
+)
+async def test_mid_stream_faults(faults: Any, error: type[STTError]) -> None:
+    async with FakeAssemblyAIServer(script=SAMPLE_SCRIPT, api_key=KEY, faults=faults) as srv:
+        svc = service(srv, finish_timeout=2)
+        with pytest.raises(error) as info:
+            await stream(svc, SPEECH.pcm)
+        assert info.value.endpoint_id == "assemblyai"
+        assert not svc.is_streaming
+
+
+async def test_malformed_frames_are_skipped_by_the_sdk() -> None:
+    # assemblyai 1.8 logs and skips a frame that is not JSON; the stream carries on.
+    async with FakeAssemblyAIServer(
+        script=SAMPLE_SCRIPT, api_key=KEY, faults=FaultPlan.malformed_after(0.5)
+    ) as srv:
+        out = await stream(service(srv), SPEECH.pcm)
+    assert [r.transcript for r in out if r.is_final] == [u[0] for u in SAMPLE_SCRIPT]
+
+
+async def test_no_begin_is_a_connect_timeout() -> None:
+    clock = FakeClock()
+    async with FakeAssemblyAIServer(script=SAMPLE_SCRIPT, api_key=KEY, send_begin=False) as srv:
+        svc = service(srv, clock, begin_timeout=5)
+        async with anyio.create_task_group() as tg:
+            failures: list[BaseException] = []
+
+            async def start() -> None:
+                try:
+                    await svc.start_streaming()
+                except STTError as exc:
+                    failures.append(exc)
+
+            tg.start_soon(start)
+            await eventually(lambda: clock.sleepers > 0)
+            await clock.advance(5.0)
+        assert len(failures) == 1
+        assert isinstance(failures[0], ConnectTimeout)
+        assert not svc.is_streaming
+
+
+async def test_connection_refused() -> None:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    svc = AssemblyAISTTService(assemblyai_endpoint(base_url=f"http://127.0.0.1:{port}"))
+    with pytest.raises(ConnectionFailed):
+        await svc.start_streaming()
+    with pytest.raises(ConnectionFailed):
+        await svc.probe()
+
+
+async def test_missing_key(server: FakeAssemblyAIServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ASSEMBLYAI_API_KEY")
+    with pytest.raises(EndpointMisconfigured, match="ASSEMBLYAI_API_KEY"):
+        await service(server).start_streaming()
+
+
+async def test_factory_and_config(server: FakeAssemblyAIServer) -> None:
+    ep = assemblyai_endpoint(base_url=server.base_url)
+    assert isinstance(create_service(ep), AssemblyAISTTService)
+    assert ep.cost_per_hour == Decimal("0.37")
+    assert assemblyai_endpoint(cost_per_hour=1).cost_per_hour == Decimal(1)
+    with pytest.raises(ConfigError):
+        service(server, chunk_ms=20)
+    with pytest.raises(ConfigError):
+        service(server, begin_timeout="soon")
+    assert KEY not in repr(service(server))
+
+
+async def eventually(condition: Callable[[], bool]) -> None:
+    """Wait until another task in this event loop made ``condition`` true."""
+    with anyio.fail_after(5):
+        while not condition():  # noqa: ASYNC110 - polling state another task mutates
+            await anyio.sleep(0.01)
