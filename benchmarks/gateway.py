@@ -107,7 +107,7 @@ def server_process(kind: str) -> Any:
         proc.kill()
         raise RuntimeError(f"{kind} server did not start: {line!r}")
     try:
-        yield f"ws://127.0.0.1:{port}"
+        yield f"ws://127.0.0.1:{port}", proc.pid
     finally:
         proc.terminate()
         try:
@@ -181,14 +181,24 @@ async def _session(
         errors.append(type(exc).__name__)
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds the process has used (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def run_level(
-    url: str, kind: str, sessions: int, seconds: float, pcm: bytes
+    server: tuple[str, int], kind: str, sessions: int, seconds: float, pcm: bytes
 ) -> dict[str, Any]:
+    url, pid = server
     lat: list[float] = []
     errors: list[str] = []
+    cpu0 = _cpu_seconds(pid)
     await asyncio.gather(
         *(_session(url, kind, pcm, seconds, 1.0, lat, errors) for _ in range(sessions))
     )
+    cpu = _cpu_seconds(pid) - cpu0
+    frames = sessions * max(1, int(seconds / 0.1))
     lat.sort()
     p = (
         (lambda q: 1000 * lat[min(len(lat) - 1, int(q * len(lat)))])
@@ -202,6 +212,8 @@ async def run_level(
         "p99_ms": p(0.99),
         "mean_ms": 1000 * statistics.fmean(lat) if lat else float("nan"),
         "errors": len(errors),
+        "cpu_us_per_frame": 1e6 * cpu / frames,
+        "server_cpu_share": cpu / seconds,
     }
 
 
@@ -217,7 +229,7 @@ def _speech() -> bytes:
 def _row(kind: str, r: dict[str, Any]) -> str:
     return (
         f"| {kind} | {r['sessions']} | {r['samples']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
-        f"{r['errors']} |"
+        f"{r['cpu_us_per_frame']:.0f} | {r['server_cpu_share']:.2f} | {r['errors']} |"
     )
 
 
@@ -227,16 +239,20 @@ async def main(quick: bool) -> None:
     seconds = 3.0 if quick else 6.0
     levels = [50, 100] if quick else [100, 250, 500, 750, 1000]
     rows: list[str] = []
-    print("| backend | sessions | samples | p50 ms | p99 ms | failed sessions/errors |")
-    print("|---|---|---|---|---|---|")
+    print(f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+    print(
+        "| backend | sessions | samples | p50 ms | p99 ms | server CPU µs/frame "
+        "| server cores busy | errors |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     sustained = 0
     for level in levels:
-        with server_process("echo") as url:
-            base = await run_level(url, "echo", level, seconds, silence_pcm)
+        with server_process("echo") as srv:
+            base = await run_level(srv, "echo", level, seconds, silence_pcm)
         rows.append(_row("bare websockets echo (baseline)", base))
         print(rows[-1], flush=True)
-        with server_process("noop") as url:
-            r = await run_level(url, "noop", level, seconds, silence_pcm)
+        with server_process("noop") as srv:
+            r = await run_level(srv, "noop", level, seconds, silence_pcm)
         rows.append(_row("gateway, no-op engine", r))
         print(rows[-1], flush=True)
         if r["p99_ms"] <= P99_LIMIT_MS and r["errors"] == 0:
@@ -249,15 +265,16 @@ async def main(quick: bool) -> None:
     )
     offline_levels = [1, 2] if quick else [1, 2, 4, 6, 8]
     ok_offline = 0
-    with server_process("offline") as url:
+    with server_process("offline") as srv:
         for level in offline_levels:
-            r = await run_level(url, "offline", level, 8.0 if quick else 12.0, speech)
+            r = await run_level(srv, "offline", level, 8.0 if quick else 12.0, speech)
             print(_row("gateway, offline engine (pocketsphinx)", r), flush=True)
             if r["errors"] == 0 and r["p99_ms"] <= 1000:
                 ok_offline = level
             else:
                 break
     print(f"offline engine: {ok_offline} concurrent real-time sessions with result p99 <= 1 s")
+    print(f"load average at end: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -156,18 +156,22 @@ def to_float_frames(chunk: AudioChunk, fmt: AudioFormat) -> FloatArray:
     return frames
 
 
-def _bytes_to_float(data: bytes, fmt: AudioFormat) -> FloatArray:
+def _check_byte_count(nbytes: int, fmt: AudioFormat) -> None:
     width = fmt.encoding.sample_bytes
-    if len(data) % width:
+    if nbytes % width:
         raise AudioFormatError(
-            f"{len(data)} bytes is not a whole number of {width}-byte {fmt.encoding.value} "
+            f"{nbytes} bytes is not a whole number of {width}-byte {fmt.encoding.value} "
             "samples; send whole samples (an even byte count for pcm_s16le)"
         )
-    if len(data) % fmt.frame_bytes:
+    if nbytes % fmt.frame_bytes:
         raise AudioFormatError(
-            f"{len(data)} bytes is not a whole number of {fmt.channels}-channel frames "
+            f"{nbytes} bytes is not a whole number of {fmt.channels}-channel frames "
             f"({fmt.frame_bytes} bytes each); check the declared channel count"
         )
+
+
+def _bytes_to_float(data: bytes, fmt: AudioFormat) -> FloatArray:
+    _check_byte_count(len(data), fmt)
     if fmt.encoding is Encoding.PCM_S16LE:
         flat = pcm16_to_float(np.frombuffer(data, dtype="<i2"))
     else:
@@ -255,7 +259,10 @@ class AudioConverter:
         """Validate one chunk and return it in the target format (possibly empty)."""
         if self._passthrough and isinstance(chunk, bytes | bytearray | memoryview):
             data = bytes(chunk)
-            to_float_frames(data, self.source)  # validation only
+            if self.source.encoding is Encoding.PCM_S16LE:
+                _check_byte_count(len(data), self.source)  # int16 cannot be NaN: counts suffice
+            else:
+                to_float_frames(data, self.source)  # validation only
             return data
         return _encode(self._convert_frames(to_float_frames(chunk, self.source)), self.target)
 
