@@ -27,9 +27,14 @@ from sttrouter.providers import create_service
 from sttrouter.providers.assemblyai import AssemblyAISTTService, assemblyai_endpoint
 from sttrouter.results import STTResult
 from sttrouter.service import stream_transcribe
-from sttrouter.testing import FakeClock, FaultPlan, check_stt_service, synthetic_speech
-from sttrouter.testing._fake_server import ServerFault
-from sttrouter.testing.assemblyai_server import FakeAssemblyAIServer
+from sttrouter.testing import (
+    FakeAssemblyAIServer,
+    FakeClock,
+    FaultPlan,
+    ServerFault,
+    check_stt_service,
+    synthetic_speech,
+)
 
 pytestmark = pytest.mark.anyio
 

@@ -27,9 +27,14 @@ from sttrouter.providers import create_service
 from sttrouter.providers.deepgram import DeepgramSTTService, deepgram_endpoint
 from sttrouter.results import STTResult
 from sttrouter.service import stream_transcribe
-from sttrouter.testing import FakeClock, FaultPlan, check_stt_service, synthetic_speech
-from sttrouter.testing._fake_server import ServerFault
-from sttrouter.testing.deepgram_server import FakeDeepgramServer
+from sttrouter.testing import (
+    FakeClock,
+    FakeDeepgramServer,
+    FaultPlan,
+    ServerFault,
+    check_stt_service,
+    synthetic_speech,
+)
 
 pytestmark = [
     pytest.mark.anyio,

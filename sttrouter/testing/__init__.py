@@ -12,19 +12,33 @@ Everything here is public API. Typical use::
 
 from sttrouter.testing._clock import FakeClock, settle
 from sttrouter.testing._conformance import ConformanceError, ServiceFactory, check_stt_service
+from sttrouter.testing._fake_server import (
+    ScriptedUtterance,
+    ScriptedWord,
+    ServerFault,
+    SessionRecord,
+)
 from sttrouter.testing._fake_service import FakeSTTService, Utterance, fake_endpoint
 from sttrouter.testing._faults import Fault, FaultKind, FaultPlan
 from sttrouter.testing._speech import MARK_BASE, SyntheticSpeech, mark_word, synthetic_speech
+from sttrouter.testing.assemblyai_server import FakeAssemblyAIServer
+from sttrouter.testing.deepgram_server import FakeDeepgramServer
 
 __all__ = [
     "MARK_BASE",
     "ConformanceError",
+    "FakeAssemblyAIServer",
     "FakeClock",
+    "FakeDeepgramServer",
     "FakeSTTService",
     "Fault",
     "FaultKind",
     "FaultPlan",
+    "ScriptedUtterance",
+    "ScriptedWord",
+    "ServerFault",
     "ServiceFactory",
+    "SessionRecord",
     "SyntheticSpeech",
     "Utterance",
     "check_stt_service",
