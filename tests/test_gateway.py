@@ -242,7 +242,9 @@ async def test_buffer_overflow_when_the_engine_falls_behind() -> None:
         svc.gate = gate
         return svc
 
-    server = GatewayServer(backend, GatewayConfig(max_buffer_seconds=0.5))
+    server = GatewayServer(
+        backend, GatewayConfig(max_buffer_seconds=0.5, max_buffer_wait_seconds=0.05)
+    )
     async with AppServer(server.app) as app, connect(f"{app.ws_url}/v1/audio/stream") as ws:
         await ws.send(gw.serialize(gw.Start()))
         for _ in range(8):
@@ -255,6 +257,23 @@ async def test_buffer_overflow_when_the_engine_falls_behind() -> None:
         await finish(ws, allow_errors=True)
 
 
+async def test_a_fast_client_is_paced_not_dropped() -> None:
+    """Audio sent 50x faster than a slow engine takes it waits for room instead of dropping."""
+
+    class Slow(FakeSTTService):
+        async def _send(self, pcm: bytes) -> None:
+            await asyncio.sleep(0.002)
+            await super()._send(pcm)
+
+    server = GatewayServer(lambda config: Slow(), GatewayConfig(max_buffer_seconds=0.3))
+    async with AppServer(server.app) as app:
+        svc = GLMServerSTTService(gateway_endpoint(app.ws_url))
+        speech = synthetic_speech((5,) * 6, gap_seconds=0.5)
+        transcript = await svc.transcribe(speech.pcm)
+        assert transcript.text == speech.text
+    assert "BUFFER_OVERFLOW" not in server.metrics.render()
+
+
 async def test_adapter_fails_its_stream_on_buffer_overflow() -> None:
     gate = asyncio.Event()
 
@@ -263,7 +282,9 @@ async def test_adapter_fails_its_stream_on_buffer_overflow() -> None:
         svc.gate = gate
         return svc
 
-    server = GatewayServer(backend, GatewayConfig(max_buffer_seconds=0.3))
+    server = GatewayServer(
+        backend, GatewayConfig(max_buffer_seconds=0.3, max_buffer_wait_seconds=0.05)
+    )
     async with AppServer(server.app) as app:
         svc = GLMServerSTTService(gateway_endpoint(app.ws_url))
         await svc.start_streaming()

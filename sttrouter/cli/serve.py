@@ -62,6 +62,12 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--max-sessions", type=int, default=100)
     p.add_argument("--max-buffer-seconds", type=float, default=10.0)
+    p.add_argument(
+        "--max-buffer-wait-seconds",
+        type=float,
+        default=1.0,
+        help="how long a frame may wait for buffer room before BUFFER_OVERFLOW",
+    )
     p.add_argument("--max-frame-seconds", type=float, default=gw.MAX_FRAME_SECONDS)
     p.add_argument("--max-message-bytes", type=int, default=1 << 20)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -81,6 +87,7 @@ def build_config(args: argparse.Namespace, environ: dict[str, str] | None = None
         token=token,
         max_sessions=args.max_sessions,
         max_buffer_seconds=args.max_buffer_seconds,
+        max_buffer_wait_seconds=max(0.0, args.max_buffer_wait_seconds),
         max_frame_seconds=args.max_frame_seconds,
         max_message_bytes=args.max_message_bytes,
         model=args.backend_model or f"sttrouter-{args.backend}",

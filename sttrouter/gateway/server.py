@@ -67,6 +67,9 @@ class GatewayConfig:
         max_message_bytes: largest WebSocket message; bigger ones close the socket (1009).
         max_frame_seconds: longest audio frame accepted (the protocol says 500 ms).
         max_buffer_seconds: audio a session may have waiting for its backend.
+        max_buffer_wait_seconds: when that buffer is full, how long a frame waits for room
+            (the socket is not read meanwhile, so TCP paces a client that sends faster than
+            real time) before it is dropped with ``BUFFER_OVERFLOW``.
         max_upload_bytes: largest ``/v1/audio/transcriptions`` body.
         model: the model name ``/v1/models`` reports.
         ready_cache_seconds: how long a ``/ready`` probe result is reused.
@@ -77,6 +80,7 @@ class GatewayConfig:
     max_message_bytes: int = 1 << 20
     max_frame_seconds: float = gw.MAX_FRAME_SECONDS
     max_buffer_seconds: float = 10.0
+    max_buffer_wait_seconds: float = 1.0
     max_upload_bytes: int = wire.MAX_UPLOAD_BYTES
     model: str = "sttrouter"
     ready_cache_seconds: float = 5.0
@@ -390,6 +394,7 @@ class _Session:
         self.limit = ENGINE_FORMAT.bytes_for(self.cfg.max_buffer_seconds)
         self.max_frame = ENGINE_FORMAT.bytes_for(self.cfg.max_frame_seconds)
         self.wake = asyncio.Event()
+        self.room = asyncio.Event()
         self.ending = False
         self.tasks: list[asyncio.Task[None]] = []
         self.audio_seconds = 0.0
@@ -451,7 +456,7 @@ class _Session:
                 f"{self.cfg.max_frame_seconds * 1000:.0f} ms; send 20-500 ms frames",
             )
             return
-        if self.queued + len(pcm) > self.limit:
+        if self.queued + len(pcm) > self.limit and not await self._room_for(len(pcm)):
             await self._error(
                 gw.ErrorCode.BUFFER_OVERFLOW,
                 f"more than {self.cfg.max_buffer_seconds:g}s of audio is waiting for the "
@@ -464,6 +469,19 @@ class _Session:
         self.queued += len(pcm)
         self.wake.set()
 
+    async def _room_for(self, nbytes: int) -> bool:
+        """Wait up to ``max_buffer_wait_seconds`` for the buffer to take ``nbytes`` more."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.cfg.max_buffer_wait_seconds
+        while self.queued + nbytes > self.limit:
+            remaining = deadline - loop.time()
+            if remaining <= 0 or self.failed:
+                return False
+            self.room.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.room.wait(), remaining)
+        return True
+
     async def _feed(self) -> None:
         assert self.service is not None
         try:
@@ -472,6 +490,7 @@ class _Session:
                     chunk = self.queue.popleft()
                     await self.service.send_audio(chunk)
                     self.queued -= len(chunk)
+                    self.room.set()
                 if self.ending:
                     await self.service.stop_streaming()
                     return
