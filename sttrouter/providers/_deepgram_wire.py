@@ -214,7 +214,7 @@ def parse_server_message(data: str | bytes | Mapping[str, Any]) -> ServerMessage
             words=[_parse_word(w) for w in alt.get("words") or ()],
             languages=alt.get("languages") or (),
             channel_index=obj.get("channel_index") or (0, 1),
-            request_id=meta.get("request_id") if isinstance(meta, Mapping) else None,
+            request_id=(meta.get("request_id") or None) if isinstance(meta, Mapping) else None,
         )
     if kind == "Metadata":
         return Metadata(
