@@ -494,6 +494,8 @@ def render_chart(report: EvalReport, path: str | Path) -> Path:
             return "n/a"
         if unit == "%":
             return f"{v:.1f}%"
+        if unit == "x":
+            return f"{v:.3g}x"
         return f"{v:.{0 if abs(v) >= 10 else 1 if abs(v) >= 1 else 3}f}{unit}"
 
     def bars(
@@ -537,11 +539,21 @@ def render_chart(report: EvalReport, path: str | Path) -> Path:
     ax_lat.set_title("Latency (mean per clip, lower is better)")
     ax_lat.set_ylabel("milliseconds")
 
-    bars(ax_rtf, [("real-time factor", [s.rtf for s in report.endpoints])], 1, "")
+    bars(ax_rtf, [("real-time factor", [s.rtf for s in report.endpoints])], 1, "x")
     ax_rtf.set_ylim(0, max(1.2, ax_rtf.get_ylim()[1]))
     ax_rtf.axhline(1.0, color="grey", linestyle="--", linewidth=1)
-    ax_rtf.text(0.99, 1.0, "real time", color="grey", fontsize=8, ha="right", va="bottom",
-                transform=ax_rtf.get_yaxis_transform())  # fmt: skip
+    ax_rtf.text(
+        0.01,
+        1.0,
+        "real time",
+        color="grey",
+        fontsize=8,
+        ha="left",
+        va="bottom",
+        transform=ax_rtf.get_yaxis_transform(),
+        bbox={"facecolor": "white", "edgecolor": "none", "pad": 1},
+        zorder=5,
+    )
     ax_rtf.set_title("Speed: processing time / audio time")
     ax_rtf.set_ylabel("RTF (below 1 = faster than real time)")
 

@@ -58,6 +58,11 @@ def resolve_endpoints(ids_text: str, config: str | None) -> list[STTEndpoint]:
     out = []
     for eid in ids:
         endpoint = registry.get(eid)
+        if endpoint is None and eid == "offline":
+            # the built-in engine is always available, even when a config does not list it
+            from sttrouter.providers.offline import offline_endpoint
+
+            endpoint = offline_endpoint()
         if endpoint is None:
             known = ", ".join(e.id for e in registry) or "none"
             raise ConfigError(
