@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import re
@@ -153,3 +154,146 @@ def test_decision_service_runs_on_a_real_socket() -> None:
         proc.wait(timeout=10)
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+# -- test_fallback_chain.py --------------------------------------------------------------------
+
+
+def test_fallback_chain_example_passes() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", str(EXAMPLES / "test_fallback_chain.py"), "-q",
+         "-p", "no:cacheprovider"],
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.search(r"\b5 passed\b", proc.stdout), proc.stdout
+
+
+# -- relay_server.py ---------------------------------------------------------------------------
+
+
+async def _relay_session(
+    make_session: object, hello: object, pcm: bytes
+) -> tuple[list[dict[str, object]], int | None]:
+    """Run the relay on 127.0.0.1:0, play ``pcm`` to it as an app would, return what came back."""
+    import json
+
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    relay = load_example("relay_server")
+    server = await relay.start(make_session)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with connect(f"ws://127.0.0.1:{port}") as ws:
+            messages = []
+            try:
+                await ws.send(hello if isinstance(hello, str) else json.dumps(hello))
+                for i in range(0, len(pcm), 3200):  # 100 ms frames
+                    await ws.send(pcm[i : i + 3200])
+                await ws.send(json.dumps({"type": "end"}))
+            except ConnectionClosed:
+                pass  # the relay hung up early (bad hello, failed session): read why
+            with contextlib.suppress(ConnectionClosed):
+                while True:
+                    messages.append(json.loads(await ws.recv()))
+            code = ws.close_code
+    finally:
+        server.close()
+        await server.wait_closed()
+    return messages, code
+
+
+def _fake_sessions(faults: dict[str, object]) -> object:
+    from sttrouter.panel import EndpointRegistry, Router
+    from sttrouter.session import RoutedSession
+    from sttrouter.testing import FakeSTTService, fake_endpoint
+
+    router = Router(EndpointRegistry([fake_endpoint("primary"), fake_endpoint("backup")]))
+
+    def make_session(conditions: object, language: str | None) -> RoutedSession:
+        return RoutedSession(
+            router=router,
+            conditions=conditions,  # type: ignore[arg-type]
+            language=language,
+            service_factory=lambda ep: FakeSTTService(ep, faults=faults.get(ep.id)),  # type: ignore[arg-type]
+        )
+
+    return make_session
+
+
+async def test_relay_streams_through_a_failover() -> None:
+    from sttrouter.testing import FaultPlan, synthetic_speech
+
+    speech = synthetic_speech((5, 5, 5))
+    make = _fake_sessions({"primary": FaultPlan.drop_after(1.4)})
+    hello = {"tier": "pro_max", "network": "connected", "thermal": "nominal", "language": "en"}
+    messages, code = await _relay_session(make, hello, speech.pcm)
+    assert code == 1000
+    assert messages[0] == {"type": "ready", "chain": ["primary", "backup"]}
+    finals = [m for m in messages if m["type"] == "final"]
+    words = [w for m in finals for w in str(m["text"]).split()]
+    assert words == [w for w, _, _ in speech.words]  # every word once, across the failover
+    routes = [m for m in messages if m["type"] == "route"]
+    assert [r["kind"] for r in routes][:1] == ["selected"]
+    failover = next(r for r in routes if r["kind"] == "failover")
+    assert (failover["previous_endpoint"], failover["endpoint"]) == ("primary", "backup")
+    assert finals[-1]["endpoint"] == "backup"
+
+
+async def test_relay_rejects_a_bad_hello() -> None:
+    messages, code = await _relay_session(_fake_sessions({}), "this is not json", b"")
+    assert code == 1008
+    assert messages[0]["type"] == "error"
+    messages, code = await _relay_session(_fake_sessions({}), {"tier": "galaxy"}, b"")
+    assert code == 1008
+    assert "bad hello" in str(messages[0]["message"])
+
+
+async def test_relay_reports_when_every_engine_fails() -> None:
+    from sttrouter.testing import FaultPlan, synthetic_speech
+
+    make = _fake_sessions(
+        {"primary": FaultPlan.drop_after(0.7), "backup": FaultPlan.fail_on_connect()}
+    )
+    messages, code = await _relay_session(make, {"tier": "pro_max"}, synthetic_speech((5, 5)).pcm)
+    assert code == 1011
+    error = next(m for m in messages if m["type"] == "error")
+    assert "not transcribed" in str(error["message"])
+
+
+def test_relay_server_main_with_the_offline_engine() -> None:
+    """The script itself, with the built-in registry: a disconnected phone gets the offline
+    engine, and real speech comes back as text."""
+    pytest.importorskip("pocketsphinx")
+    import json
+
+    from websockets.sync.client import connect
+
+    from sttrouter.audio import read_audio
+
+    pcm, fmt = read_audio(EXAMPLES / "audio" / "water_16k.wav")
+    assert (fmt.sample_rate, fmt.channels) == (16_000, 1)
+    proc = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "relay_server.py"), "--port", "0"],
+        stdout=subprocess.PIPE, text=True, env=_env(),
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        m = re.search(r"ws://127\.0\.0\.1:(\d+)", line)
+        assert m, line
+        with connect(f"ws://127.0.0.1:{m.group(1)}") as ws:
+            ws.send(json.dumps({"tier": "pro_standard", "network": "disconnected"}))
+            assert json.loads(ws.recv()) == {"type": "ready", "chain": ["offline"]}
+            for i in range(0, len(pcm), 3200):
+                ws.send(pcm[i : i + 3200])
+            ws.send(json.dumps({"type": "end"}))
+            messages = [json.loads(x) for x in ws]
+        text = " ".join(str(x["text"]) for x in messages if x["type"] == "final")
+        assert "water" in text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
