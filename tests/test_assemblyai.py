@@ -18,6 +18,7 @@ from sttrouter.errors import (
     ConnectionFailed,
     ConnectTimeout,
     EndpointMisconfigured,
+    MalformedResponse,
     QuotaExceeded,
     RateLimited,
     StreamingFailed,
@@ -36,7 +37,14 @@ from sttrouter.testing import (
     synthetic_speech,
 )
 
-pytestmark = pytest.mark.anyio
+pytestmark = [
+    pytest.mark.anyio,
+    # assemblyai 1.8 reads ConnectionClosed.code/.reason when a socket closes with an error,
+    # which websockets >= 13.1 deprecates; under -W error the SDK's read task would die on
+    # the warning instead of reporting the close. Nothing else is silenced.
+    pytest.mark.filterwarnings("ignore:ConnectionClosed.code is deprecated:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:ConnectionClosed.reason is deprecated:DeprecationWarning"),
+]
 
 KEY = "aai-test-key"
 # The fake is scripted, so only the audio's duration matters.
@@ -237,25 +245,29 @@ async def test_connect_faults(faults: Any, error: type[STTError]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("faults", "error"),
+    ("faults", "error", "detail"),
     [
-        (FaultPlan.drop_after(0.5), StreamingFailed),
-        (FaultPlan.auth_error(after=0.5), AuthenticationFailed),
-        (FaultPlan.quota_exceeded(after=0.5), QuotaExceeded),
-        (FaultPlan.rate_limited(after=0.5), RateLimited),
+        (FaultPlan.drop_after(0.5), StreamingFailed, "closed with 3005"),
+        (FaultPlan.auth_error(after=0.5), AuthenticationFailed, "closed with 1008"),
+        (FaultPlan.quota_exceeded(after=0.5), QuotaExceeded, "Insufficient account balance"),
+        (FaultPlan.rate_limited(after=0.5), RateLimited, "closed with 3009"),
         (
             [ServerFault(after=0.5, close_code=3007, reason="Input duration violation")],
             AudioFormatError,
+            "closed with 3007",
         ),
-        ([ServerFault(after=0.5, close_code=3005, reason="Server error")], StreamingFailed),
-        ([ServerFault(after=0.5, close_code=3008, reason="Session expired")], StreamingFailed),
-        ([ServerFault(after=0.5, close_code=1000, in_band=False)], StreamingFailed),
+        (
+            [ServerFault(after=0.5, close_code=3008, reason="Session expired")],
+            StreamingFailed,
+            "3008",
+        ),
+        ([ServerFault(after=0.5, close_code=1000, in_band=False)], StreamingFailed, "Termination"),
     ],
 )
-async def test_mid_stream_faults(faults: Any, error: type[STTError]) -> None:
+async def test_mid_stream_faults(faults: Any, error: type[STTError], detail: str) -> None:
     async with FakeAssemblyAIServer(script=SAMPLE_SCRIPT, api_key=KEY, faults=faults) as srv:
         svc = service(srv, finish_timeout=2)
-        with pytest.raises(error) as info:
+        with pytest.raises(error, match=detail) as info:
             await stream(svc, SPEECH.pcm)
         assert info.value.endpoint_id == "assemblyai"
         assert not svc.is_streaming
@@ -268,6 +280,26 @@ async def test_malformed_frames_are_skipped_by_the_sdk() -> None:
     ) as srv:
         out = await stream(service(srv), SPEECH.pcm)
     assert [r.transcript for r in out if r.is_final] == [u[0] for u in SAMPLE_SCRIPT]
+
+
+async def test_unknown_messages_and_empty_finals() -> None:
+    faults = [
+        ServerFault(after=0.2, text='{"type": "Unheard-Of", "total_audio_received_ms": 200}'),
+        ServerFault(after=1.0, empty=True),
+    ]
+    async with FakeAssemblyAIServer(script=SAMPLE_SCRIPT, api_key=KEY, faults=faults) as srv:
+        out = await stream(service(srv), SPEECH.pcm)
+    finals = [r for r in out if r.is_final]
+    assert [r.transcript for r in finals] == [SAMPLE_SCRIPT[0][0], ""]
+    assert finals[1].start == pytest.approx(SPEECH.utterances[0][1])  # after the last final
+
+
+async def test_schema_broken_message_is_malformed() -> None:
+    # valid JSON, known type, wrong shape: the SDK's read task dies on a ValidationError
+    faults = [ServerFault(after=0.3, text='{"type": "Turn", "turn_order": "first"}')]
+    async with FakeAssemblyAIServer(script=SAMPLE_SCRIPT, api_key=KEY, faults=faults) as srv:
+        with pytest.raises(MalformedResponse):
+            await stream(service(srv), SPEECH.pcm)
 
 
 async def test_no_begin_is_a_connect_timeout() -> None:

@@ -36,6 +36,7 @@ from sttrouter.errors import (
     ConfigError,
     ConnectionFailed,
     ConnectTimeout,
+    MalformedResponse,
     MissingDependency,
     StreamingFailed,
     STTError,
@@ -260,10 +261,29 @@ class AssemblyAISTTService(BaseSTTService):
         return error
 
     async def _send(self, pcm: bytes) -> None:
+        self._check_reader()
         for chunk in self._rechunker.push(pcm):
             await self._client.stream(chunk)
 
+    def _check_reader(self, client: Any = None) -> None:
+        """Fail when the SDK's read task died on a message it could not parse.
+
+        assemblyai 1.8 validates each known message with pydantic inside its read task; a
+        ``ValidationError`` ends that task without any event, after which the stream would
+        only stall. (A private attribute of a pinned SDK version: ``assemblyai>=1.8,<1.9``.)
+        """
+        task = getattr(client or self._client, "_read_task", None)
+        if task is None or not task.done() or task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            raise MalformedResponse(
+                f"AssemblyAI sent a message the SDK could not parse: {exc}",
+                endpoint_id=self.endpoint.id,
+            ) from exc
+
     async def _finish(self) -> None:
+        self._check_reader()
         client = self._client
         rest = self._rechunker.flush()
         if rest:
@@ -271,6 +291,7 @@ class AssemblyAISTTService(BaseSTTService):
         await client.force_endpoint()
         await self._close(terminate=True)
         if not self._terminated:
+            self._check_reader(client)
             self._fail(
                 StreamingFailed(
                     f"AssemblyAI sent no Termination within {self.finish_timeout:g}s of Terminate",
@@ -325,7 +346,9 @@ class AssemblyAISTTService(BaseSTTService):
         message = str(error)
         eid = self.endpoint.id
         key_env = self.endpoint.connection.api_key_env
-        if code is None:  # refused, DNS, TLS, timeout: no code
+        if code is None:  # refused, DNS, TLS, timeout, a socket error: no code
+            if self._began:
+                return StreamingFailed(f"AssemblyAI stream broke: {message}", endpoint_id=eid)
             where = self._hosts()[1] or "streaming.assemblyai.com"
             return ConnectionFailed(
                 f"cannot reach AssemblyAI at {where}: {message}", endpoint_id=eid

@@ -58,7 +58,8 @@ from sttrouter.service import BaseSTTService
 with warnings.catch_warnings():
     # deepgram-sdk 7.x's async client imports websockets.legacy (and its InvalidStatusCode),
     # which websockets >= 14 deprecates at import time; the SDK still works. Ignore exactly
-    # those two so applications running with -W error can import this adapter.
+    # those two, here and only here, so applications (and our tests) running with -W error
+    # can use this adapter without a filter of their own.
     warnings.filterwarnings(
         "ignore", message="websockets.legacy is deprecated", category=DeprecationWarning
     )
@@ -72,6 +73,11 @@ with warnings.catch_warnings():
         from deepgram import AsyncDeepgramClient
         from deepgram.core.api_error import ApiError
         from deepgram.environment import DeepgramClientEnvironment
+
+        # The SDK imports these lazily on first use; importing them here keeps the
+        # deprecation warnings above inside this filter instead of at the first connect.
+        from deepgram.core import websocket_compat as _compat  # noqa: F401
+        from deepgram.listen.v1 import raw_client as _raw_client  # noqa: F401
         from deepgram.listen.v1 import socket_client as _socket_client  # noqa: F401
     except ImportError as exc:  # pragma: no cover - exercised only without the extra
         raise MissingDependency("deepgram-sdk", "deepgram") from exc

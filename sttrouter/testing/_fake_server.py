@@ -210,6 +210,7 @@ class ServerFault:
         reason: the message of the in-band error and the close reason.
         in_band: send the vendor's Error message before closing.
         malformed: send a text frame that is not JSON instead of an error.
+        text: send this text frame as it is (an unknown message type, say).
         stall: stop answering (keep the socket open, accept audio, send nothing).
         empty: from now on, finals carry no words.
     """
@@ -220,6 +221,7 @@ class ServerFault:
     reason: str = ""
     in_band: bool = True
     malformed: bool = False
+    text: str | None = None
     stall: bool = False
     empty: bool = False
 

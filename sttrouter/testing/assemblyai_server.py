@@ -177,6 +177,8 @@ class _Session:
             self.empty = True
         if fault.malformed:
             await self.ws.send_text('{"type": "Turn", "transcript": ')
+        if fault.text is not None:
+            await self.ws.send_text(fault.text)
         if fault.close_code is not None:
             await self.error(fault.close_code, fault.reason, in_band=fault.in_band)
             return False

@@ -197,6 +197,8 @@ class _Session:
             self.empty = True
         if fault.malformed:
             await self.ws.send_text('{"type": "Results", "channel": ')
+        if fault.text is not None:
+            await self.ws.send_text(fault.text)
         if fault.close_code is not None:
             if fault.in_band:
                 await self.send(dg.Error(description=fault.reason, variant="ServerError"))
