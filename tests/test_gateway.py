@@ -606,3 +606,24 @@ async def test_reconnect_backoff_runs_on_the_injected_clock() -> None:
         await task
     assert delays == [0.2, 0.4, 0.8]
     assert not svc.is_streaming
+
+
+def test_cli_builds_the_in_process_backends(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sttrouter.providers as providers
+
+    made: list[STTEndpoint] = []
+
+    def fake_create(endpoint: STTEndpoint, **kwargs: Any) -> STTService:
+        made.append(endpoint)
+        return FakeSTTService()
+
+    monkeypatch.setattr(providers, "create_service", fake_create)
+    build_backend(parse("--backend", "offline"))(gw.StreamConfig())
+    make = build_backend(
+        parse("--backend", "glm-local", "--backend-model", "/models/glm", "--interim-interval", "2")
+    )
+    make(gw.StreamConfig())
+    offline, glm = made
+    assert (offline.provider, offline.needs_network) == ("offline", False)
+    assert glm.provider == "glm_local"
+    assert dict(glm.connection.options) == {"model": "/models/glm", "interim_interval": 2.0}
