@@ -9,7 +9,8 @@ every endpoint and measures:
   words), not a mean of per-clip rates;
 - **time to first result**: first audio sent → first result (interim or final);
 - **final latency**: last audio sent → the last final result;
-- **real-time factor**: processing time / audio duration (below 1 is faster than real time);
+- **real-time factor**: processing time / audio duration (below 1 is faster than real time;
+  with real-time pacing it is at least 1 by construction, so measure it without);
 - **cost**: the clip's audio at the endpoint's ``cost_per_hour``.
 
 By default audio is sent as fast as the engine accepts it (what the real-time factor measures);
@@ -228,10 +229,12 @@ async def run_item(
         async with anyio.create_task_group() as tg:
             tg.start_soon(read, results)
             try:
+                sent = 0.0
                 for chunk in iter_chunks(data, fmt, chunk_seconds):
                     await service.send_audio(chunk)
-                    if realtime:
-                        await clock.sleep(fmt.seconds(len(chunk)))
+                    sent += fmt.seconds(len(chunk))
+                    if realtime:  # like a microphone: chunk k is due at started + its end time
+                        await clock.sleep(max(0.0, started + sent - clock.now()))
                 last_sent_at = clock.now()
                 await service.stop_streaming()
             except STTError as exc:
