@@ -7,6 +7,7 @@ has a final" are exact integer arithmetic, free of float drift.
 
 from __future__ import annotations
 
+import bisect
 import math
 
 import numpy as np
@@ -23,18 +24,33 @@ def _power(threshold_dbfs: float) -> float:
     return float((10.0 ** (threshold_dbfs / 20.0) * 32768.0) ** 2)
 
 
-def chunk_has_speech(pcm: bytes | bytearray | memoryview, threshold_dbfs: float) -> bool:
+_QUIET_HIGH_BYTES = b"\x00\xff"  # the high byte of every int16 in -256..255
+
+
+def chunk_has_speech(pcm: bytes, threshold_dbfs: float) -> bool:
     """Whether an s16le chunk's RMS level (as :func:`sttrouter.audio.rms_dbfs`) exceeds the
-    threshold. Integer arithmetic, so it costs about a microsecond per 20 ms chunk."""
+    threshold.
+
+    A chunk whose samples all lie in -256..255 cannot have an RMS above 256 (-42 dBFS); that
+    is checked on the high bytes alone (a C-level scan, well under a microsecond), so quiet
+    audio — most of a stream — never reaches numpy.
+    """
     n = len(pcm) // 2
     if n == 0:
         return False
-    x = np.frombuffer(pcm, dtype="<i2", count=n).astype(np.int64)
-    return float(np.dot(x, x)) / n > _power(threshold_dbfs)
+    power = _power(threshold_dbfs)
+    if power >= 256.0**2 and not pcm[1 : 2 * n : 2].translate(None, _QUIET_HIGH_BYTES):
+        return False
+    x = np.frombuffer(pcm, dtype="<i2", count=n).astype(np.float32)
+    return float(x @ x) / n > power
 
 
 class ReplayBuffer:
     """Audio since the last final boundary, bounded to ``max_seconds``.
+
+    Chunks are kept as the caller's own ``bytes`` objects in a list (no copy on the hot path,
+    no reallocation of one growing buffer — which, with hundreds of sessions in a process,
+    cost more than everything else together); positions are found by bisection.
 
     Attributes:
         start: session byte position of the oldest byte still held.
@@ -46,16 +62,17 @@ class ReplayBuffer:
         self.bytes_per_second = fmt.bytes_per_second
         frame = fmt.frame_bytes
         self.max_bytes = max(frame, fmt.bytes_for(max_seconds) // frame * frame)
-        self._data = bytearray()
-        self.start = 0
-        self.end = 0
+        self.reset()
 
     def __len__(self) -> int:
         return self.end - self.start
 
     def reset(self) -> None:
-        self._data = bytearray()
-        self.start = self.end = 0
+        self._chunks: list[bytes] = []
+        self._starts: list[int] = []  # session position of each chunk's first byte
+        self._head = 0  # chunks before this index are forgotten
+        self.start = 0
+        self.end = 0
 
     def seconds(self, pos: int) -> float:
         return pos / self.bytes_per_second
@@ -67,37 +84,58 @@ class ReplayBuffer:
 
     def append(self, pcm: bytes) -> tuple[int, int] | None:
         """Add audio; returns the ``(start, end)`` byte span dropped when over the bound."""
-        self._data += pcm
+        self._chunks.append(pcm)
+        self._starts.append(self.end)
         self.end += len(pcm)
-        over = len(self._data) - self.max_bytes
+        over = self.end - self.start - self.max_bytes
         if over <= 0:
             return None
         dropped = (self.start, self.start + over)
-        del self._data[:over]
-        self.start += over
+        self.trim(self.start + over)
         return dropped
 
     def read(self, pos: int, limit: int) -> bytes:
         """Up to ``limit`` bytes from session position ``pos`` (clamped to what is held)."""
-        lo = max(pos, self.start) - self.start
-        return bytes(self._data[lo : lo + limit])
+        pos = max(pos, self.start)
+        stop = min(self.end, pos + limit)
+        if stop <= pos:
+            return b""
+        i = bisect.bisect_right(self._starts, pos, lo=self._head) - 1
+        first = self._chunks[i]
+        off = pos - self._starts[i]
+        if off + (stop - pos) <= len(first):
+            return first[off : off + stop - pos]
+        parts = [first[off:]]
+        got = len(first) - off
+        i += 1
+        while got < stop - pos:
+            piece = self._chunks[i][: stop - pos - got]
+            parts.append(piece)
+            got += len(piece)
+            i += 1
+        return b"".join(parts)
 
     def trim(self, pos: int) -> None:
         """Forget audio before ``pos`` (it has a final now)."""
         pos = min(pos, self.end)
         if pos <= self.start:
             return
-        del self._data[: pos - self.start]
         self.start = pos
+        i = bisect.bisect_right(self._starts, pos, lo=self._head) - 1
+        self._head = max(self._head, i)
+        if self._head > 256 and self._head * 2 > len(self._chunks):
+            del self._chunks[: self._head]
+            del self._starts[: self._head]
+            self._head = 0
 
     def has_speech(self, lo: int, hi: int, threshold_dbfs: float) -> bool:
         """Whether any 20 ms frame of the held audio in ``[lo, hi)`` is louder than the
         threshold (audio no longer held counts as silence)."""
-        a = max(lo, self.start) - self.start
-        b = min(hi, self.end) - self.start
-        if b - a < 2:
+        lo = max(lo, self.start)
+        data = self.read(lo, min(hi, self.end) - lo)
+        if len(data) < 2:
             return False
-        x = np.frombuffer(bytes(self._data[a:b]), dtype="<i2").astype(np.float64)
+        x = np.frombuffer(data, dtype="<i2", count=len(data) // 2).astype(np.float64)
         step = max(1, round(_FRAME_SECONDS * self.format.sample_rate))
         usable = len(x) // step * step
         frames = [x[:usable].reshape(-1, step)] if usable else []

@@ -48,7 +48,7 @@ from typing import Any, Protocol
 import attrs
 
 from sttrouter._replay import ReplayBuffer, chunk_has_speech
-from sttrouter.audio import ENGINE_FORMAT
+from sttrouter.audio import ENGINE_FORMAT, AudioChunk
 from sttrouter.clock import Clock, fail_after
 from sttrouter.errors import (
     ConfigError,
@@ -120,7 +120,7 @@ class SessionConfig:
         finish_timeout: ``stop_streaming`` waits this long for an endpoint's last final.
         empty_final_limit: this many empty finals in a row over audio with speech energy
             fail the endpoint (:class:`~sttrouter.errors.EmptyTranscripts`).
-        speech_dbfs: RMS level above which a 20 ms frame counts as speech energy.
+        speech_dbfs: RMS level above which a chunk or 20 ms frame counts as speech energy.
         replay_chunk_seconds: chunk size used when replaying the buffer.
         switch_back: move to a recovered higher-priority endpoint at utterance boundaries.
         retry_failed_after: an endpoint that failed in this session is used again (switch-back
@@ -132,7 +132,7 @@ class SessionConfig:
     stall_timeout: float = attrs.field(default=5.0, validator=_positive)
     finish_timeout: float = attrs.field(default=10.0, validator=_positive)
     empty_final_limit: int = attrs.field(default=2, validator=_positive)
-    speech_dbfs: float = -45.0
+    speech_dbfs: float = -40.0
     replay_chunk_seconds: float = attrs.field(default=0.1, validator=_positive)
     switch_back: bool = True
     retry_failed_after: float = attrs.field(default=30.0, validator=_positive)
@@ -207,6 +207,7 @@ _PLACEHOLDER = STTEndpoint(
     id="routed", provider=Provider.FAKE, display_name="routed session (no endpoint open)"
 )
 _EPS = 0.5 / ENGINE_FORMAT.sample_rate
+_BYTES_PER_SECOND = ENGINE_FORMAT.bytes_per_second
 
 
 class RoutedSession(BaseSTTService):
@@ -289,9 +290,10 @@ class RoutedSession(BaseSTTService):
         self._pin: int | None = None
         self._sweeps = 0
         self._finishing = False
-        self._tail_retried = False
         self._overflowing = False
         self._reroute: str | None = None
+        self._passthrough = False
+        self._chunk_bytes = max(2, self._buf.format.bytes_for(self.config.replay_chunk_seconds))
 
     # -- public surface -------------------------------------------------------------------
     @property
@@ -365,6 +367,7 @@ class RoutedSession(BaseSTTService):
     # -- BaseSTTService hooks -------------------------------------------------------------
     async def _open(self) -> None:
         self._reset_stream_state()
+        self._passthrough = self._stream is not None and self._stream.source == ENGINE_FORMAT
         self._events.begin()
         self._chain = self._decide()
         async with self._lock:
@@ -373,10 +376,52 @@ class RoutedSession(BaseSTTService):
         self.endpoint = leg.endpoint
         self._event(RouteEventKind.SELECTED, leg.endpoint.id, reason=self._why(leg.endpoint))
 
+    async def send_audio(self, chunk: AudioChunk) -> None:
+        """Send one chunk. Engine-format bytes (16 kHz mono s16le, whole frames) take a
+        short path; anything else is validated and converted by the base class."""
+        stream = self._stream
+        if (
+            stream is None
+            or stream.failure is not None
+            or not self._passthrough
+            or type(chunk) is not bytes
+            or not chunk
+            or len(chunk) & 1
+        ):
+            await super().send_audio(chunk)
+            return
+        seconds = len(chunk) / _BYTES_PER_SECOND
+        now = self.clock.now()
+        self._metrics.audio_sent(seconds, now)
+        stream.mark(seconds, now)
+        try:
+            await self._send(chunk)
+        except Exception as exc:
+            self._fail(self._translate(exc))
+            raise
+        if stream.failure is not None:
+            raise stream.failure
+
     async def _send(self, pcm: bytes) -> None:
-        dropped = self._buf.append(pcm)
+        buf = self._buf
+        before = buf.end
+        dropped = buf.append(pcm)
         if dropped is not None:
             self._on_overflow(dropped)
+        leg = self._leg
+        if leg is not None and leg.failed is None and leg.fed == before and not self._lock.locked():
+            # live and caught up: forward this chunk as is (the common case)
+            leg.fed = buf.end
+            if leg.awaiting_since is None and chunk_has_speech(pcm, self.config.speech_dbfs):
+                leg.awaiting_since = self.clock.now()
+                leg.wake.set()
+            try:
+                await leg.service.send_audio(pcm)
+            except STTError as exc:
+                if exc.kind is ErrorKind.CALLER and not isinstance(exc, NotStreaming):
+                    raise
+                self._leg_failed(leg, exc)  # recovery runs in the background
+            return
         if self._lock.locked():
             return  # a failover or switch is running; it catches up with the buffer
         async with self._lock:
@@ -580,7 +625,7 @@ class RoutedSession(BaseSTTService):
         """Bring the current endpoint up to date with the buffer, failing over as needed.
 
         Runs only under ``self._lock``."""
-        chunk = max(2, self._buf.format.bytes_for(self.config.replay_chunk_seconds))
+        chunk = self._chunk_bytes
         threshold = self.config.speech_dbfs
         while True:
             leg = self._leg
@@ -679,16 +724,11 @@ class RoutedSession(BaseSTTService):
         if leg.failed is not None:
             return False
         if leg.withheld:
-            if not self._tail_retried:
-                # one more endpoint gets to hear it; if it also finds nothing, accept that
-                self._tail_retried = True
-                self._leg_failed(
-                    leg, EmptyTranscripts("empty final over speech at the end of the stream")
-                )
-                return False
-            for r in leg.withheld:
-                await self._deliver_final(r)
-            leg.withheld.clear()
+            # the stream ended on empty finals over speech: the next endpoint gets to hear it
+            self._leg_failed(
+                leg, EmptyTranscripts("empty final over speech at the end of the stream")
+            )
+            return False
         self._breakers.breaker(leg.endpoint.id).record_success()
         await self._close_leg(leg)
         return True
@@ -826,7 +866,6 @@ class RoutedSession(BaseSTTService):
         self._pin = None
         self._sweeps = 0
         self._finishing = False
-        self._tail_retried = False
         self._overflowing = False
         self._reroute = None
         self._leg = None
