@@ -627,3 +627,18 @@ def test_cli_builds_the_in_process_backends(monkeypatch: pytest.MonkeyPatch) -> 
     assert (offline.provider, offline.needs_network) == ("offline", False)
     assert glm.provider == "glm_local"
     assert dict(glm.connection.options) == {"model": "/models/glm", "interim_interval": 2.0}
+
+
+async def test_messages_over_the_size_limit_close_only_that_session() -> None:
+    server = GatewayServer(lambda config: FakeSTTService())
+    async with AppServer(server.app, ws_max_size=64 * 1024) as app:
+        url = f"{app.ws_url}/v1/audio/stream"
+        async with connect(url) as other, connect(url) as ws:
+            await other.send(gw.serialize(gw.Start()))
+            await ws.send(gw.serialize(gw.Start()))
+            await ws.send(bytes(100 * 1024))
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 5)
+            assert ws.close_code == 1009  # message too big, refused by the WebSocket layer
+            await send_speech(other, SPEECH.pcm)
+            assert text_of(await finish(other)) == SPEECH.text

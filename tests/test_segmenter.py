@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 
 import numpy as np
@@ -342,3 +343,34 @@ def test_any_long_loop_is_found(prefix: list[int], unit: list[int], repeats: int
     rep = find_repetition(prefix + unit * repeats)
     assert rep is not None
     assert rep.period == len(unit)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    utterances=st.lists(st.integers(3, 12), min_size=1, max_size=4),
+    gap=st.floats(0.4, 1.0),
+    chunk_ms=st.integers(5, 400),
+    max_segment=st.one_of(st.just(30.0), st.floats(1.0, 2.5)),
+)
+async def test_finals_are_ordered_disjoint_bounded_and_cover_every_word(
+    utterances: list[int], gap: float, chunk_ms: int, max_segment: float
+) -> None:
+    speech = synthetic_speech(utterances, gap_seconds=gap, lead_seconds=0.2)
+    engine = MarkEngine()
+    svc = service(engine, max_segment_seconds=max_segment, max_concurrency=2)
+    transcript = await stream_transcribe(
+        svc, speech.pcm, speech.format, chunk_seconds=chunk_ms / 1000
+    )
+    finals = transcript.results
+    for a, b in itertools.pairwise(finals):
+        assert b.start >= a.end - 1e-9  # in order, no overlap
+    assert all(r.duration <= max_segment + 1e-9 for r in finals)
+    assert max(engine.calls) <= max_segment + 1e-9
+    heard = transcript.text.split()
+    truth = [w for w, _, _ in speech.words]
+    if max_segment == 30.0:
+        assert heard == truth  # every word exactly once
+    else:
+        # a forced cut may split one word into two halves, each heard: never lose one
+        assert set(heard) == set(truth)
+        assert len(heard) <= len(truth) + len(finals)
