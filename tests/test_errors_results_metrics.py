@@ -32,7 +32,7 @@ from sttrouter.errors import (
     STTError,
     TransientError,
 )
-from sttrouter.metrics import STTMetrics, cost_for
+from sttrouter.metrics import LATENCY_BUCKETS, STTMetrics, cost_for
 from sttrouter.results import STTResult, Transcript, WordTimestamp
 
 # -- errors -------------------------------------------------------------------------------
@@ -278,3 +278,20 @@ def test_cost_grows_with_audio(seconds: list[float], price: Decimal) -> None:
         assert m.cost >= last
         last = m.cost
     assert m.cost == cost_for(price, m.audio_seconds)
+
+
+def test_cumulative_latency_buckets_are_never_windowed() -> None:
+    m = STTMetrics(window=2)
+    for latency in (0.05, 0.12, 0.4, 3.0, 60.0):
+        m.result_received(latency=latency, is_final=False, words=0, now=0.0)
+    buckets = dict(m.cumulative_latency_buckets())
+    assert list(buckets) == list(LATENCY_BUCKETS)
+    assert buckets[0.05] == 1  # inclusive upper bound
+    assert buckets[0.15] == 2
+    assert buckets[0.5] == 3
+    assert buckets[10.0] == 4  # 60 s lies only in +Inf
+    assert m.latency_count == 5
+    assert m.latency_sum == pytest.approx(63.57)
+    assert m.p99_latency == 60.0  # the window holds the last two only
+    counts = [n for _, n in m.cumulative_latency_buckets()]
+    assert counts == sorted(counts)

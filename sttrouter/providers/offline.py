@@ -83,7 +83,10 @@ _POST_ROLL_BYTES: Final = int(POST_ROLL * _BYTES_PER_SECOND) // 2 * 2
 LANGUAGE: Final = "en"
 _FILLER = re.compile(r"^(<.*>|\[.*\]|\+\+.*\+\+)$")
 _VARIANT = re.compile(r"\(\d+\)$")
-_MAX_BATCH: Final = 64
+_QUEUE_CHUNKS: Final = 64
+_BATCH_BYTES: Final = ENGINE_FORMAT.bytes_for(0.3)
+"""Audio decoded per worker-thread call when chunks queue up: small enough that interims of a
+backlog still arrive every 0.3 s of audio, large enough to amortise the thread hop."""
 
 
 def _import_pocketsphinx() -> Any:
@@ -493,7 +496,7 @@ class OfflineSTTService(BaseSTTService):
         options = attrs.evolve(self.options, interim_results=self._interims_next)
         decoder, cmn = await anyio.to_thread.run_sync(DECODERS.acquire, self._key)
         recognizer = Recognizer(decoder, cmn, options)
-        send, receive = anyio.create_memory_object_stream[bytes](max_buffer_size=_MAX_BATCH)
+        send, receive = anyio.create_memory_object_stream[bytes](max_buffer_size=_QUEUE_CHUNKS)
         self._audio = send
         self._worker = self._spawn(self._run(receive, recognizer, decoder, cmn))
 
@@ -541,12 +544,13 @@ class OfflineSTTService(BaseSTTService):
         try:
             with audio:
                 async for first in audio:
-                    batch = [first]
-                    while len(batch) < _MAX_BATCH:
+                    batch, size = [first], len(first)
+                    while size < _BATCH_BYTES:
                         try:
                             batch.append(audio.receive_nowait())
                         except (anyio.WouldBlock, anyio.EndOfStream):
                             break
+                        size += len(batch[-1])
                     busy = True
                     results = await anyio.to_thread.run_sync(
                         recognizer.feed, b"".join(batch), abandon_on_cancel=True
