@@ -257,6 +257,11 @@ async def test_zai_url_is_recognised_and_over_long_clips_are_refused() -> None:
     [
         ({"mode": "grpc"}, "mode"),
         ({"frame_seconds": 2.0}, "frame_seconds"),
+        ({"max_concurrency": 0}, "max_concurrency"),
+        ({"timeout": "soon"}, "timeout"),
+        ({"max_segment_seconds": 0.5}, "max_segment_seconds"),
+        ({"interim_interval": 0}, "interim_interval"),
+        ({"flavor": "whisper"}, "flavor"),
         ({"vad": "loud"}, "vad"),
         ({"vad": {"loudness": 3}}, "vad"),
     ],

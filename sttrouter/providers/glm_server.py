@@ -60,6 +60,30 @@ from sttrouter.service import BaseSTTService
 __all__ = ["GLMServerSTTService", "OpenAITranscriptionClient"]
 
 
+def _number(
+    options: Mapping[str, Any],
+    name: str,
+    default: float,
+    endpoint: str,
+    *,
+    low: float,
+    high: float = float("inf"),
+) -> float:
+    raw = options.get(name, default)
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"option {name!r} must be a number, got {raw!r}", endpoint=endpoint, field=name
+        ) from None
+    if not low <= value <= high:
+        span = f"{low:g}..{high:g}" if high != float("inf") else f"at least {low:g}"
+        raise ConfigError(
+            f"option {name!r} must be {span}, got {value:g}", endpoint=endpoint, field=name
+        )
+    return value
+
+
 def _vad_config(options: Mapping[str, Any]) -> VADConfig:
     raw = options.get("vad") or {}
     if isinstance(raw, VADConfig):
@@ -106,26 +130,31 @@ class GLMServerSTTService(BaseSTTService):
                 endpoint=endpoint.id,
                 field="mode",
             )
+        eid = endpoint.id
         self.language: str | None = opts.get("language")
         self.vad_config = _vad_config(opts)
         self.flavor: Flavor = opts.get("flavor") or guess_flavor(self.base_url)
-        max_seg = float(opts.get("max_segment_seconds", 30.0))
+        if self.flavor not in ("vllm", "sglang", "zai"):
+            raise ConfigError(
+                f"flavor {self.flavor!r} is unknown; use vllm, sglang or zai",
+                endpoint=eid,
+                field="flavor",
+            )
+        max_seg = _number(opts, "max_segment_seconds", 30.0, eid, low=1.0, high=600.0)
         if self.flavor == "zai":
             max_seg = min(max_seg, ZAI_MAX_SECONDS)
         self.max_segment_seconds = max_seg
-        self.max_concurrency = int(opts.get("max_concurrency", 2))
+        self.max_concurrency = int(_number(opts, "max_concurrency", 2, eid, low=1, high=64))
         interim = opts.get("interim_interval")
-        self.interim_interval = float(interim) if interim is not None else None
+        self.interim_interval = (
+            None if interim is None else _number(opts, "interim_interval", 1.0, eid, low=0.05)
+        )
         self.interim_results = bool(opts.get("interim_results", True))
-        self.frame_seconds = float(opts.get("frame_seconds", 0.1))
-        if not gw.MIN_FRAME_SECONDS <= self.frame_seconds <= gw.MAX_FRAME_SECONDS:
-            raise ConfigError(
-                f"frame_seconds {self.frame_seconds} must lie in 0.02..0.5",
-                endpoint=endpoint.id,
-                field="frame_seconds",
-            )
-        self.reconnect_attempts = int(opts.get("reconnect_attempts", 3))
-        self.timeout = float(opts.get("timeout", 30.0))
+        self.frame_seconds = _number(
+            opts, "frame_seconds", 0.1, eid, low=gw.MIN_FRAME_SECONDS, high=gw.MAX_FRAME_SECONDS
+        )
+        self.reconnect_attempts = int(_number(opts, "reconnect_attempts", 3, eid, low=0, high=20))
+        self.timeout = _number(opts, "timeout", 30.0, eid, low=0.1)
         self._http_client = http_client
         self._segmenter: Segmenter | None = None
         self._runner: asyncio.Task[None] | None = None
