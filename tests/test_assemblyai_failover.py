@@ -1,15 +1,18 @@
 """A RoutedSession over [AssemblyAI, Deepgram], both real SDKs against the fake servers.
 
-AssemblyAI dies mid-stream (close 3005 after 1.2 s of audio); the session fails over to
-Deepgram, replays the audio since AssemblyAI's last final and returns the whole transcript,
-on one timeline, with no word lost or duplicated.
+The committed 15 s clip (four sentences) streams through the session. AssemblyAI dies in the
+third sentence (close 3005 after 8 s of audio); the session fails over to Deepgram, replays
+the audio since AssemblyAI's last final and returns the whole transcript, on one timeline,
+with no word lost or duplicated.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from sttrouter.audio import ENGINE_FORMAT
+from sttrouter.audio import ENGINE_FORMAT, read_audio
 from sttrouter.providers.assemblyai import assemblyai_endpoint
 from sttrouter.providers.deepgram import deepgram_endpoint
 from sttrouter.results import STTResult
@@ -20,7 +23,6 @@ from sttrouter.testing import (
     FakeDeepgramServer,
     FaultPlan,
     ScriptedUtterance,
-    synthetic_speech,
 )
 
 pytestmark = [
@@ -32,11 +34,12 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:ConnectionClosed.reason is deprecated:DeprecationWarning"),
 ]
 
-SPEECH = synthetic_speech((4, 5), word_seconds=0.15, lead_seconds=0.3)
-TEXTS = ("Hello there, my friend.", "How are you doing today?")
-SCRIPT = [
-    ScriptedUtterance.spread(t, *span) for t, span in zip(TEXTS, SPEECH.utterances, strict=True)
-]
+AUDIO = Path(__file__).resolve().parents[1] / "examples" / "audio"
+PCM, FORMAT = read_audio(AUDIO / "long_16k.wav")
+# Sentences of long.txt and their speech spans (RMS over 20 ms windows above -40 dBFS).
+TEXTS = tuple(t.strip() + "." for t in (AUDIO / "long.txt").read_text().split(".") if t.strip())
+SPANS = ((0.36, 2.82), (4.04, 6.42), (7.64, 10.94), (12.18, 14.42))
+SCRIPT = [ScriptedUtterance.spread(t, *span) for t, span in zip(TEXTS, SPANS, strict=True)]
 
 
 async def test_assemblyai_dies_mid_stream_deepgram_finishes(
@@ -46,11 +49,13 @@ async def test_assemblyai_dies_mid_stream_deepgram_finishes(
     monkeypatch.setenv("DEEPGRAM_API_KEY", "dg-key")
     # Deepgram's stream starts where AssemblyAI's last final ended: its script is on its own
     # stream's timeline, so shift the second utterance by that offset.
-    offset = SCRIPT[0].end
-    shifted = ScriptedUtterance.spread(TEXTS[1], SCRIPT[1].start - offset, SCRIPT[1].end - offset)
+    offset = SCRIPT[1].end
+    shifted = [
+        ScriptedUtterance.spread(u.text, u.start - offset, u.end - offset) for u in SCRIPT[2:]
+    ]
     async with (
-        FakeAssemblyAIServer(SCRIPT, api_key="aai-key", faults=FaultPlan.drop_after(1.2)) as aai,
-        FakeDeepgramServer([shifted], api_key="dg-key") as dg,
+        FakeAssemblyAIServer(SCRIPT, api_key="aai-key", faults=FaultPlan.drop_after(8.0)) as aai,
+        FakeDeepgramServer(shifted, api_key="dg-key") as dg,
     ):
         session = RoutedSession(
             [
@@ -60,7 +65,7 @@ async def test_assemblyai_dies_mid_stream_deepgram_finishes(
         )
         seen: list[STTResult] = []
         transcript = await stream_transcribe(
-            session, SPEECH.pcm, ENGINE_FORMAT, chunk_seconds=0.02, on_result=seen.append
+            session, PCM, FORMAT, chunk_seconds=0.02, on_result=seen.append
         )
     assert transcript.text == " ".join(TEXTS)
     assert transcript.endpoint_ids == ("assemblyai", "deepgram")
@@ -71,5 +76,13 @@ async def test_assemblyai_dies_mid_stream_deepgram_finishes(
     ]
     # Deepgram heard the replay from AssemblyAI's last final to the end, nothing earlier
     replayed = ENGINE_FORMAT.seconds(dg.sessions[0].audio_bytes)
-    assert replayed == pytest.approx(SPEECH.duration - offset, abs=0.01)
+    assert replayed == pytest.approx(FORMAT.seconds(len(PCM)) - offset, abs=0.01)
+    # the caller saw AssemblyAI's two finals, then Deepgram's two, in timeline order
+    finals = [r for r in seen if r.is_final and r.transcript]
+    assert [(r.endpoint_id, r.transcript) for r in finals] == [
+        ("assemblyai", TEXTS[0]),
+        ("assemblyai", TEXTS[1]),
+        ("deepgram", TEXTS[2]),
+        ("deepgram", TEXTS[3]),
+    ]
     assert aai.sessions[0].close_code == 3005

@@ -5,12 +5,13 @@ from __future__ import annotations
 import socket
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
-from sttrouter.audio import ENGINE_FORMAT, AudioFormat
+from sttrouter.audio import ENGINE_FORMAT, AudioFormat, read_audio
 from sttrouter.errors import (
     AudioFormatError,
     AuthenticationFailed,
@@ -50,6 +51,14 @@ SAMPLE_SCRIPT = [
 
 def sample_pcm() -> bytes:
     return SPEECH.pcm
+
+
+AUDIO = Path(__file__).resolve().parents[1] / "examples" / "audio"
+# Speech spans of the committed espeak clips (RMS over 20 ms windows above -40 dBFS).
+HELLO_TEXT = (AUDIO / "hello.txt").read_text().strip()
+HELLO_SCRIPT = [(HELLO_TEXT, 0.32, 4.52)]
+FOX_TEXT = (AUDIO / "fox.txt").read_text().strip()
+FOX_SCRIPT = [(FOX_TEXT, 0.3, 3.56)]
 
 
 @pytest.fixture(autouse=True)
@@ -338,3 +347,36 @@ async def test_factory_and_config_errors(server: FakeDeepgramServer) -> None:
     with pytest.raises(ConfigError):
         service(server, keepalive_seconds=0)
     assert KEY not in repr(service(server))
+
+
+async def test_committed_sample_through_the_sdk() -> None:
+    pcm, fmt = read_audio(AUDIO / "hello_16k.wav")
+    async with FakeDeepgramServer(HELLO_SCRIPT, api_key=KEY) as srv:
+        out = await stream(service(srv), pcm)
+        await check_stt_service(lambda: service(srv), pcm, fmt)
+        batch = await service(srv).transcribe(AUDIO / "hello_16k.wav")
+    finals = [r for r in out if r.is_final and r.transcript]
+    assert [r.transcript for r in finals] == [HELLO_TEXT]
+    expected = [w for utt in srv.script for w in utt.words]
+    assert len(expected) == len(HELLO_TEXT.split())
+    for got in (finals[0].words, batch.words):
+        assert [(w.word, w.start, w.end) for w in got] == [
+            (e.text, pytest.approx(e.start), pytest.approx(e.end)) for e in expected
+        ]
+    interims = [r.transcript for r in out if not r.is_final and r.transcript]
+    assert interims == [" ".join(HELLO_TEXT.split()[:n]) for n in range(1, len(expected))]
+    assert batch.text == HELLO_TEXT
+
+
+async def test_committed_48k_stereo_sample_is_converted() -> None:
+    pcm, fmt = read_audio(AUDIO / "fox_48k_stereo.wav")
+    assert (fmt.sample_rate, fmt.channels) == (48000, 2)
+    async with FakeDeepgramServer(FOX_SCRIPT, api_key=KEY) as srv:
+        out = await check_stt_service(lambda: service(srv), pcm, fmt)
+        q = srv.sessions[0].query
+    assert [r.transcript for r in out if r.is_final and r.transcript] == [FOX_TEXT]
+    assert (q["sample_rate"], q["encoding"]) == ("16000", "linear16")
+    # what reached the server is the clip at 16 kHz mono (soxr keeps the length)
+    assert ENGINE_FORMAT.seconds(srv.sessions[0].audio_bytes) == pytest.approx(
+        fmt.seconds(len(pcm)), abs=0.01
+    )

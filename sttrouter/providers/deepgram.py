@@ -69,14 +69,14 @@ with warnings.catch_warnings():
         category=DeprecationWarning,
     )
     try:
+        # websocket_compat, raw_client and socket_client are imported lazily by the SDK on
+        # first use; importing them here keeps their deprecation warnings inside this filter
+        # instead of at the first connect.
         import websockets.exceptions as ws_exc
         from deepgram import AsyncDeepgramClient
+        from deepgram.core import websocket_compat as _compat  # noqa: F401
         from deepgram.core.api_error import ApiError
         from deepgram.environment import DeepgramClientEnvironment
-
-        # The SDK imports these lazily on first use; importing them here keeps the
-        # deprecation warnings above inside this filter instead of at the first connect.
-        from deepgram.core import websocket_compat as _compat  # noqa: F401
         from deepgram.listen.v1 import raw_client as _raw_client  # noqa: F401
         from deepgram.listen.v1 import socket_client as _socket_client  # noqa: F401
     except ImportError as exc:  # pragma: no cover - exercised only without the extra
