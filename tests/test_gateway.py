@@ -642,3 +642,37 @@ async def test_messages_over_the_size_limit_close_only_that_session() -> None:
             assert ws.close_code == 1009  # message too big, refused by the WebSocket layer
             await send_speech(other, SPEECH.pcm)
             assert text_of(await finish(other)) == SPEECH.text
+
+
+def test_websocket_failures_map_to_typed_errors() -> None:
+    from websockets.datastructures import Headers
+    from websockets.exceptions import InvalidHandshake, InvalidStatus
+    from websockets.frames import Close
+    from websockets.http11 import Response
+
+    from sttrouter.errors import AudioFormatError, ConnectTimeout, EndpointMisconfigured
+    from sttrouter.providers._gateway_client import _error_to_stt, translate_ws
+
+    def closed(code: int) -> ConnectionClosed:
+        return ConnectionClosed(Close(code, "bye"), None)
+
+    def status(code: int) -> InvalidStatus:
+        return InvalidStatus(Response(code, "x", Headers(), b'{"error":"nope"}'))
+
+    assert isinstance(translate_ws(closed(1008)), AuthenticationFailed)
+    assert isinstance(translate_ws(closed(1013)), RateLimited)
+    assert isinstance(translate_ws(closed(1011)), StreamingFailed)
+    assert isinstance(translate_ws(status(401)), AuthenticationFailed)
+    assert isinstance(translate_ws(status(404)), EndpointMisconfigured)
+    assert isinstance(translate_ws(InvalidHandshake("bad upgrade")), ConnectionFailed)
+    assert isinstance(translate_ws(TimeoutError()), ConnectTimeout)
+    assert isinstance(translate_ws(OSError("refused")), ConnectionFailed)
+    assert isinstance(translate_ws(RuntimeError("odd")), StreamingFailed)
+    code = gw.ErrorCode
+    for c, expected in [
+        (code.AUTHENTICATION_FAILED, AuthenticationFailed),
+        (code.RATE_LIMIT_EXCEEDED, RateLimited),
+        (code.AUDIO_FORMAT_ERROR, AudioFormatError),
+        (code.MODEL_UNAVAILABLE, StreamingFailed),
+    ]:
+        assert isinstance(_error_to_stt(gw.ErrorMessage.of(c, "m")), expected)
