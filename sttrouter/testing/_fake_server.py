@@ -213,6 +213,7 @@ class ServerFault:
         text: send this text frame as it is (an unknown message type, say).
         stall: stop answering (keep the socket open, accept audio, send nothing).
         empty: from now on, finals carry no words.
+        session: which streaming session it hits (0 = the first); ``None`` hits every one.
     """
 
     after: float | None = None
@@ -224,6 +225,10 @@ class ServerFault:
     text: str | None = None
     stall: bool = False
     empty: bool = False
+    session: int | None = None
+
+    def applies_to(self, index: int) -> bool:
+        return self.session is None or self.session == index
 
     def __attrs_post_init__(self) -> None:
         if self.http_status is not None and self.after is not None:
@@ -276,7 +281,8 @@ def vendor_faults(
 
     ``table`` gives each vendor's wire behaviour for a fault kind at the handshake
     (``after=None``); with ``after`` set, the same fault happens in band once that much audio
-    has been received (an HTTP status becomes the vendor's close code).
+    has been received (an HTTP status becomes the vendor's close code). A fault's ``stream``
+    picks the streaming session it hits.
     """
     if faults is None:
         return ()
@@ -284,10 +290,6 @@ def vendor_faults(
         return tuple(faults)
     out: list[ServerFault] = []
     for f in faults.faults:
-        if f.stream not in (None, 0):
-            raise ConfigError(
-                "fake vendor servers apply a FaultPlan to every session; leave stream=None"
-            )
         wire = table.get(f.kind)
         if wire is None:
             raise ConfigError(
@@ -296,7 +298,7 @@ def vendor_faults(
             )
         if f.after is not None:
             wire = attrs.evolve(wire, after=f.after, http_status=None)
-        out.append(wire)
+        out.append(attrs.evolve(wire, session=f.stream))
     return tuple(out)
 
 

@@ -98,7 +98,8 @@ class _Session:
         self.ws = ws
         self.record = record
         self.player = ScriptPlayer(server.script)
-        self.faults = [f for f in server.faults if f.after is not None]
+        self.index = len(server.sessions) - 1
+        self.faults = [f for f in server.faults if f.after is not None and f.applies_to(self.index)]
         self.format_turns = aai.parse_bool(record.query.get("format_turns", "false"))
         self.sample_rate = int(record.query.get("sample_rate", "16000"))
         self.bytes_per_second = 2 * self.sample_rate
@@ -250,8 +251,12 @@ class FakeAssemblyAIServer(FakeVendorServer):
     def _authorized(self, headers: Any) -> bool:
         return self.api_key is None or headers.get("authorization", "") == self.api_key
 
-    def _handshake_fault(self) -> ServerFault | None:
-        return next((f for f in self.faults if f.after is None), None)
+    def _handshake_fault(self, session: int | None = None) -> ServerFault | None:
+        """The fault at connect for streaming session ``session`` (``None``: a REST call)."""
+        return next(
+            (f for f in self.faults if f.after is None and f.session in (None, session)),
+            None,
+        )
 
     def routes(self) -> list[Any]:
         from starlette.routing import Route, WebSocketRoute
@@ -372,7 +377,7 @@ class FakeAssemblyAIServer(FakeVendorServer):
         record = SessionRecord(ws.url.path, dict(ws.query_params), headers)
         self.sessions.append(record)
         record.authorized = self._authorized(ws.headers)
-        fault = self._handshake_fault()
+        fault = self._handshake_fault(len(self.sessions) - 1)
         if fault is not None and fault.http_status is not None:
             await ws.send_denial_response(Response(fault.reason, status_code=fault.http_status))
             return

@@ -89,7 +89,8 @@ class _Session:
         self.record = record
         self.options = dg.ListenOptions.from_query(record.query)
         self.player = ScriptPlayer(server.script)
-        self.faults = [f for f in server.faults if f.after is not None]
+        self.index = len(server.sessions) - 1
+        self.faults = [f for f in server.faults if f.after is not None and f.applies_to(self.index)]
         self.stalled = False
         self.empty = False
         self.request_id = str(uuid.uuid4())
@@ -269,8 +270,12 @@ class FakeDeepgramServer(FakeVendorServer):
         scheme, _, token = auth.partition(" ")
         return scheme.lower() in ("token", "bearer") and token == self.api_key
 
-    def _handshake_fault(self) -> ServerFault | None:
-        return next((f for f in self.faults if f.after is None), None)
+    def _handshake_fault(self, session: int | None = None) -> ServerFault | None:
+        """The fault at connect for streaming session ``session`` (``None``: a REST call)."""
+        return next(
+            (f for f in self.faults if f.after is None and f.session in (None, session)),
+            None,
+        )
 
     def routes(self) -> list[Any]:
         from starlette.routing import Route, WebSocketRoute
@@ -346,7 +351,7 @@ class FakeDeepgramServer(FakeVendorServer):
                 Response("Websocket initialized with invalid credentials.", status_code=401)
             )
             return
-        fault = self._handshake_fault()
+        fault = self._handshake_fault(len(self.sessions) - 1)
         if fault is not None and fault.http_status is not None:
             await ws.send_denial_response(Response(fault.reason, status_code=fault.http_status))
             return
