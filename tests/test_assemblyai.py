@@ -358,6 +358,9 @@ async def test_factory_and_config(server: FakeAssemblyAIServer) -> None:
         service(server, chunk_ms=20)
     with pytest.raises(ConfigError):
         service(server, begin_timeout="soon")
+    with pytest.raises(ConfigError):
+        service(server, format_turns="sometimes")
+    assert not service(server, format_turns="false").format_turns
     assert KEY not in repr(service(server))
 
 

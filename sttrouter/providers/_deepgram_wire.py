@@ -17,7 +17,8 @@ from typing import Any, Final
 
 import attrs
 
-from sttrouter.errors import ConfigError, MalformedResponse
+from sttrouter.errors import MalformedResponse
+from sttrouter.providers._cloud import as_bool, as_int
 
 __all__ = [
     "CLIENT_MESSAGE_TYPES",
@@ -415,28 +416,6 @@ _BOOL_OPTIONS: Final = ("interim_results", "punctuate", "smart_format", "vad_eve
 _INT_OPTIONS: Final = ("utterance_end_ms",)
 
 
-def _as_bool(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    raise ConfigError(f"Deepgram option {name} must be true or false, got {value!r}", field=name)
-
-
-def _as_int(name: str, value: Any) -> int:
-    if isinstance(value, bool):
-        raise ConfigError(f"Deepgram option {name} must be an integer, got {value!r}", field=name)
-    try:
-        out = int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(
-            f"Deepgram option {name} must be an integer, got {value!r}", field=name
-        ) from None
-    if out < 0:
-        raise ConfigError(f"Deepgram option {name} must not be negative, got {out}", field=name)
-    return out
-
-
 @attrs.frozen
 class ListenOptions:
     """The listen v1 options sttrouter sets, normalised once.
@@ -467,17 +446,17 @@ class ListenOptions:
             kw["language"] = str(options["language"])
         for name in _BOOL_OPTIONS:
             if name in options:
-                kw[name] = None if options[name] is None else _as_bool(name, options[name])
+                kw[name] = None if options[name] is None else as_bool(name, options[name])
         if "endpointing" in options:
             value = options["endpointing"]
             kw["endpointing"] = (
                 value
                 if value is None or (isinstance(value, bool) and not value)
-                else _as_int("endpointing", value)
+                else as_int("endpointing", value)
             )
         for name in _INT_OPTIONS:
             if name in options:
-                kw[name] = None if options[name] is None else _as_int(name, options[name])
+                kw[name] = None if options[name] is None else as_int(name, options[name])
         return cls(**kw)
 
     def sdk_kwargs(self) -> dict[str, Any]:
@@ -497,10 +476,10 @@ class ListenOptions:
         return attrs.evolve(
             out,
             encoding=query.get("encoding", "linear16"),
-            sample_rate=_as_int("sample_rate", query.get("sample_rate", 16_000)),
-            channels=_as_int("channels", query.get("channels", 1)),
-            interim_results=_as_bool("interim_results", query.get("interim_results", "false")),
-            punctuate=_as_bool("punctuate", query["punctuate"]) if "punctuate" in query else None,
+            sample_rate=as_int("sample_rate", query.get("sample_rate", 16_000)),
+            channels=as_int("channels", query.get("channels", 1)),
+            interim_results=as_bool("interim_results", query.get("interim_results", "false")),
+            punctuate=as_bool("punctuate", query["punctuate"]) if "punctuate" in query else None,
             endpointing=out.endpointing if "endpointing" in query else None,
         )
 

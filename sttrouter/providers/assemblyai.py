@@ -43,7 +43,7 @@ from sttrouter.errors import (
 )
 from sttrouter.panel.endpoint import ConnectionConfig, Location, STTEndpoint
 from sttrouter.providers import _assemblyai_wire as wire
-from sttrouter.providers._cloud import http_and_ws, to_wav
+from sttrouter.providers._cloud import as_bool, http_and_ws, positive_number, to_wav
 from sttrouter.providers._errors import from_close_code, from_http_status
 from sttrouter.results import STTResult, Transcript, WordTimestamp
 from sttrouter.service import BaseSTTService
@@ -143,17 +143,6 @@ def turn_to_result(turn: wire.Turn, *, format_turns: bool, after: float = 0.0) -
     )
 
 
-def _number(options: Mapping[str, Any], name: str, default: float) -> float:
-    value = options.get(name, default)
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"option {name} must be a number, got {value!r}", field=name) from None
-    if out <= 0:
-        raise ConfigError(f"option {name} must be positive, got {out}", field=name)
-    return out
-
-
 class AssemblyAISTTService(BaseSTTService):
     """AssemblyAI Universal Streaming (v3) and batch transcription through ``assemblyai``.
 
@@ -165,8 +154,8 @@ class AssemblyAISTTService(BaseSTTService):
     def __init__(self, endpoint: STTEndpoint, *, clock: Clock | None = None) -> None:
         super().__init__(endpoint, clock=clock)
         opts = endpoint.connection.options
-        self.format_turns = bool(opts.get("format_turns", True))
-        chunk_ms = int(_number(opts, "chunk_ms", 100))
+        self.format_turns = as_bool("format_turns", opts.get("format_turns", True))
+        chunk_ms = int(positive_number(opts, "chunk_ms", 100))
         if not wire.MIN_CHUNK_MS <= chunk_ms <= wire.MAX_CHUNK_MS:
             raise ConfigError(
                 f"option chunk_ms must lie in {wire.MIN_CHUNK_MS}..{wire.MAX_CHUNK_MS}, "
@@ -174,12 +163,12 @@ class AssemblyAISTTService(BaseSTTService):
                 field="chunk_ms",
             )
         self.chunk_ms = chunk_ms
-        self.begin_timeout = _number(opts, "begin_timeout", 5.0)
-        self.connect_timeout = _number(opts, "connect_timeout", 5.0)
-        self.finish_timeout = _number(opts, "finish_timeout", 10.0)
-        self.poll_interval = _number(opts, "poll_interval", 3.0)
-        self.request_timeout = _number(opts, "request_timeout", 60.0)
-        self.batch_timeout = _number(opts, "batch_timeout", 900.0)
+        self.begin_timeout = positive_number(opts, "begin_timeout", 5.0)
+        self.connect_timeout = positive_number(opts, "connect_timeout", 5.0)
+        self.finish_timeout = positive_number(opts, "finish_timeout", 10.0)
+        self.poll_interval = positive_number(opts, "poll_interval", 3.0)
+        self.request_timeout = positive_number(opts, "request_timeout", 60.0)
+        self.batch_timeout = positive_number(opts, "batch_timeout", 900.0)
         self._params = {k: opts[k] for k in _PARAM_OPTIONS if opts.get(k) is not None}
         self._client: Any = None
         self._connect_error: STTError | None = None

@@ -50,7 +50,7 @@ from sttrouter.errors import (
 )
 from sttrouter.panel.endpoint import ConnectionConfig, Location, STTEndpoint
 from sttrouter.providers import _deepgram_wire as wire
-from sttrouter.providers._cloud import http_and_ws, to_wav
+from sttrouter.providers._cloud import http_and_ws, positive_number, to_wav
 from sttrouter.providers._errors import from_close_code, from_http_status, mentions_quota
 from sttrouter.results import STTResult, Transcript, WordTimestamp
 from sttrouter.service import BaseSTTService
@@ -143,19 +143,6 @@ def to_stt_result(msg: wire.Results, language: str | None = None) -> STTResult:
     )
 
 
-def _float(options: Mapping[str, Any], name: str, default: float) -> float:
-    from sttrouter.errors import ConfigError
-
-    value = options.get(name, default)
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"option {name} must be a number, got {value!r}", field=name) from None
-    if out <= 0:
-        raise ConfigError(f"option {name} must be positive, got {out}", field=name)
-    return out
-
-
 class DeepgramSTTService(BaseSTTService):
     """Deepgram streaming and batch transcription through ``deepgram-sdk``.
 
@@ -168,10 +155,10 @@ class DeepgramSTTService(BaseSTTService):
         super().__init__(endpoint, clock=clock)
         opts = endpoint.connection.options
         self.listen_options = wire.ListenOptions.from_options(opts)
-        self.keepalive_seconds = _float(opts, "keepalive_seconds", 5.0)
-        self.connect_timeout = _float(opts, "connect_timeout", 10.0)
-        self.finish_timeout = _float(opts, "finish_timeout", 10.0)
-        self.request_timeout = _float(opts, "request_timeout", 60.0)
+        self.keepalive_seconds = positive_number(opts, "keepalive_seconds", 5.0)
+        self.connect_timeout = positive_number(opts, "connect_timeout", 10.0)
+        self.finish_timeout = positive_number(opts, "finish_timeout", 10.0)
+        self.request_timeout = positive_number(opts, "request_timeout", 60.0)
         self._cm: Any = None
         self._conn: Any = None
         self._closing = False
@@ -251,7 +238,8 @@ class DeepgramSTTService(BaseSTTService):
         cm, self._cm, self._conn = self._cm, None, None
         if cm is not None:
             try:
-                await cm.__aexit__(None, None, None)
+                async with fail_after(self.clock, self.finish_timeout):
+                    await cm.__aexit__(None, None, None)
             except Exception as exc:  # closing a broken socket; the stream's error stands
                 log.debug("closing the Deepgram socket failed: %r", exc)
 
