@@ -237,7 +237,8 @@ class FakeDeepgramServer(FakeVendorServer):
     Args:
         script: utterances as :class:`~sttrouter.testing.ScriptedUtterance` or
             ``(text, start, end)`` tuples (words spread evenly), in audio seconds.
-        faults: a :class:`~sttrouter.testing.FaultPlan` (applied to every session) or
+        faults: a :class:`~sttrouter.testing.FaultPlan` (a fault's ``stream`` picks the
+            session it hits; ``None`` hits every one) or a
             :class:`~sttrouter.testing.ServerFault` list.
         api_key: the key clients must send as ``Authorization: Token <key>``; ``None``
             accepts any.
