@@ -384,7 +384,7 @@ class Recognizer:
         seg_start = max(self._floor, self._history_start, self._utt_start - _PRE_ROLL_BYTES)
         seg_end = max(seg_start, min(self._received, end + post))
         pcm = bytes(self._history[seg_start - self._history_start : seg_end - self._history_start])
-        text, words, confidence = self._decode(pcm, seg_start / _BYTES_PER_SECOND)
+        text, words, confidence = self._decode(pcm, seg_start // 2)
         # an empty final is sent only to retract an interim or to close a cut utterance
         needed = bool(text or self._interim or (self._continued and end_of_utterance))
         self._floor = seg_end
@@ -406,7 +406,7 @@ class Recognizer:
         )
 
     def _decode(
-        self, pcm: bytes, offset: float
+        self, pcm: bytes, offset: int
     ) -> tuple[str, tuple[WordTimestamp, ...], float | None]:
         if not pcm:
             return "", (), None
@@ -418,20 +418,22 @@ class Recognizer:
         d.process_raw(pcm, False, True)
         d.end_utt()
         self._cmn = str(d.get_cmn())  # a better start for the next live pass
-        seconds = len(pcm) / _BYTES_PER_SECOND
+        # times in whole samples, divided once: 1.11, not 1.1099999999999999
+        samples = len(pcm) // 2
+        per_frame = SAMPLE_RATE // self._frate
         words: list[WordTimestamp] = []
         for seg in d.seg():
             word = _clean_word(seg.word)
             if word is None:
                 continue
-            start = min(seconds, seg.start_frame / self._frate)
-            end = min(seconds, max(start, (seg.end_frame + 1) / self._frate))
+            start = min(samples, seg.start_frame * per_frame)
+            end = min(samples, max(start, (seg.end_frame + 1) * per_frame))
             prob = float(seg.prob)
             words.append(
                 WordTimestamp(
                     word,
-                    offset + start,
-                    offset + end,
+                    (offset + start) / SAMPLE_RATE,
+                    (offset + end) / SAMPLE_RATE,
                     prob if 0.0 <= prob <= 1.0 else None,
                 )
             )
