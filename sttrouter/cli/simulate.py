@@ -29,6 +29,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("trace", help="trace TOML file (see examples/traces/)")
     add_router_arguments(p)
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument(
+        "--faults",
+        action="store_true",
+        help="also execute the trace: run a real routed session over fake engines on a virtual "
+        "clock with the trace's faults; report failovers, coverage, time without "
+        "transcription and cost per endpoint",
+    )
     p.set_defaults(func=run)
 
 
@@ -58,8 +65,10 @@ def run(args: argparse.Namespace) -> int:
                 for start, end, decision in timeline
             ],
             "faults": [f.to_dict() for f in trace.faults],
-            "faults_executed": False,
+            "faults_executed": bool(getattr(args, "faults", False)),
         }
+        if getattr(args, "faults", False):
+            out["simulation"] = _execute(trace, router, args).to_dict()
         print(json.dumps(out, indent=2))
         return 0
     lang = trace.language or "any"
@@ -78,9 +87,21 @@ def run(args: argparse.Namespace) -> int:
             print(f"    out:    {eid}: {decision.describe(eid) or reason}")
         for fault in trace.faults_during(start, end):
             print(f"    fault:  {fault.describe(trace.duration)} (declared; not executed here)")
-    if trace.faults:
+    if getattr(args, "faults", False):
+        from sttrouter.simulate_faults import format_report
+
+        print("\n" + format_report(_execute(trace, router, args)))
+    elif trace.faults:
         print(
             f"\n{len(trace.faults)} fault(s) declared; decisions-only mode does not execute "
-            "them (the routed-session simulator does)."
+            "them (add --faults to run a routed session through them)."
         )
     return 0
+
+
+def _execute(trace: Trace, router: Any, args: argparse.Namespace) -> Any:
+    import asyncio
+
+    from sttrouter.simulate_faults import simulate_faults
+
+    return asyncio.run(simulate_faults(trace, router, environ=environ_from_args(args)))
