@@ -391,3 +391,99 @@ def test_the_router_skips_glm_local_on_a_host_too_small() -> None:
     assert small.skipped().get("glm-local") is SkipReason.INSUFFICIENT_MEMORY
     big = router.decide(Conditions(tier="ultra", network="disconnected", memory_gb=16.0))
     assert big.skipped().get("glm-local") is not SkipReason.INSUFFICIENT_MEMORY
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+@pytest.mark.skipif(not _has_cuda(), reason="needs a CUDA GPU (run on a GPU host)")
+async def test_streams_on_cuda_in_bfloat16(tiny_dir: Path) -> None:
+    service = GLMLocalSTTService(tiny_endpoint(tiny_dir, device="auto", dtype="auto"))
+    speech = synthetic_speech((5, 4), gap_seconds=0.8, lead_seconds=0.4)
+    results: list[STTResult] = []
+    await stream_transcribe(service, speech.pcm, ENGINE_FORMAT, on_result=results.append)
+    loaded = service.engine.loaded
+    assert loaded is not None
+    assert loaded.device == "cuda"
+    assert loaded.precision is Precision.BFLOAT16
+    assert str(loaded.model.device).startswith("cuda")
+    finals = [r for r in results if r.is_final]
+    assert len(finals) == 2
+    for result, (start, _end) in zip(finals, speech.utterances, strict=True):
+        assert result.start == pytest.approx(start - ENERGY.pad_seconds, abs=0.05)
+
+
+# -- a committed speech sample, and the command line ------------------------------------------
+HELLO = Path(__file__).resolve().parent.parent / "examples" / "audio" / "hello_16k.wav"
+
+
+async def test_streams_a_committed_speech_sample_through_the_segmenter(tiny_dir: Path) -> None:
+    from sttrouter.audio import read_audio
+
+    data, fmt = read_audio(HELLO)
+    duration = fmt.seconds(len(data))
+    service = GLMLocalSTTService(tiny_endpoint(tiny_dir, vad={}))  # default VAD on real speech
+    results: list[STTResult] = []
+    await stream_transcribe(service, data, fmt, chunk_seconds=0.02, on_result=results.append)
+    finals = [r for r in results if r.is_final]
+    assert finals
+    assert finals[0].start >= 0
+    assert finals[-1].end <= duration + 1e-6
+    assert all(a.end <= b.start + 1e-6 for a, b in itertools.pairwise(finals))
+    assert sum(r.duration for r in finals) > 0.5 * duration  # the speech was decoded
+    assert service.engine.loops_cut == len(finals)
+
+
+def test_cli_transcribes_with_model_dir(tiny_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from sttrouter.cli import main
+
+    code = main(
+        [
+            "transcribe",
+            str(HELLO),
+            "--endpoint",
+            "glm-local",
+            "--model-dir",
+            str(tiny_dir),
+            "--json",
+        ]
+    )
+    out, err = capsys.readouterr()
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["endpoint"] == "glm-local"
+    assert doc["duration"] == pytest.approx(read_seconds(HELLO))
+    assert doc["metrics"]["audio_seconds"] == pytest.approx(doc["duration"])
+    assert "no speech was recognised" in err  # random weights: the "\n" loop, cut
+
+
+def read_seconds(path: Path) -> float:
+    from sttrouter.audio import read_audio
+
+    data, fmt = read_audio(path)
+    return fmt.seconds(len(data))
+
+
+def test_cli_model_dir_refuses_another_endpoint(
+    tiny_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sttrouter.cli import main
+
+    code = main(["transcribe", str(HELLO), "--endpoint", "deepgram", "--model-dir", str(tiny_dir)])
+    assert code == 1
+    assert "--model-dir runs GLM-ASR in-process" in capsys.readouterr().err
+
+
+def test_cli_model_dir_names_missing_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sttrouter.cli import main
+
+    code = main(["transcribe", str(HELLO), "--model-dir", str(tmp_path)])
+    assert code == 1
+    assert "lacks config.json, model.safetensors" in capsys.readouterr().err

@@ -5,6 +5,7 @@ Examples::
     sttrouter transcribe examples/audio/hello_16k.wav
     sttrouter transcribe meeting.flac --partials
     sttrouter transcribe call.wav --json --config endpoints.toml --endpoint deepgram
+    sttrouter transcribe call.wav --endpoint glm-local --model-dir ~/models/GLM-ASR-Nano-2512
 
 With no ``--config`` (and no ``--endpoint``) the built-in offline engine (pocketsphinx)
 transcribes, and a note on stderr says so. With ``--config`` the endpoint named by
@@ -55,7 +56,26 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="ID",
         help="endpoint id to use (default: the first endpoint of --config whose key is set)",
     )
+    p.add_argument(
+        "--model-dir",
+        metavar="DIR",
+        help="GLM-ASR checkpoint directory: transcribe in-process with --endpoint glm-local "
+        "(implied), needs the glm-local extra",
+    )
     p.set_defaults(func=run)
+
+
+def glm_local_from_args(args: argparse.Namespace) -> STTEndpoint:
+    """The in-process GLM-ASR endpoint for ``--model-dir`` (with ``--endpoint glm-local``)."""
+    if args.endpoint not in (None, "glm-local") or args.config is not None:
+        raise ConfigError(
+            "--model-dir runs GLM-ASR in-process; use it with --endpoint glm-local and "
+            "without --config",
+            field="--model-dir",
+        )
+    from sttrouter.providers.glm_local import glm_local_endpoint
+
+    return glm_local_endpoint(model_dir=args.model_dir)
 
 
 def choose_endpoint(config: str | None, endpoint_id: str | None) -> tuple[STTEndpoint, str | None]:
@@ -94,7 +114,10 @@ def choose_endpoint(config: str | None, endpoint_id: str | None) -> tuple[STTEnd
 
 def run(args: argparse.Namespace) -> int:
     data, fmt = read_audio(args.file)  # a missing or bad file fails before any engine loads
-    endpoint, note = choose_endpoint(args.config, args.endpoint)
+    if getattr(args, "model_dir", None):
+        endpoint, note = glm_local_from_args(args), None
+    else:
+        endpoint, note = choose_endpoint(args.config, args.endpoint)
     if note:
         print(note, file=sys.stderr)
     transcript, results, metrics = anyio.run(_transcribe, endpoint, data, fmt, args.partials)

@@ -717,10 +717,18 @@ def quantize_int8(model: Any, torch: Any) -> None:
         warnings.simplefilter("ignore", UserWarning)
         dynamic_linear = torch.ao.nn.quantized.dynamic.Linear
         qconfig = torch.ao.quantization.default_dynamic_qconfig
-        for parent in list(model.modules()):
-            for name, child in list(parent.named_children()):
-                if type(child) is torch.nn.Linear:
-                    child.float()
-                    child.qconfig = qconfig
-                    setattr(parent, name, dynamic_linear.from_float(child))
+        # (parent, name) only: holding the Linear modules themselves would keep every
+        # float32 copy alive until the end and put the peak at the float32 model's size.
+        targets = [
+            (parent, name)
+            for parent in model.modules()
+            for name, child in parent.named_children()
+            if type(child) is torch.nn.Linear
+        ]
+        for parent, name in targets:
+            child = getattr(parent, name)
+            child.float()
+            child.qconfig = qconfig
+            setattr(parent, name, dynamic_linear.from_float(child))
+            del child
         model.float()
