@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 FRAME = 3200  # 100 ms of 16 kHz PCM16
+NOOP_PREFIX = '{"type":"partial","text":"'
 P99_LIMIT_MS = 20.0
 
 
@@ -140,11 +141,19 @@ async def _session(
             await asyncio.sleep(random.random() * 0.1)  # spread the sessions' phases
 
             async def reader() -> None:
+                replies = 0
                 async for raw in ws:
                     now = time.perf_counter()
                     if kind == "echo":
-                        n = len(sent)  # echo answers in order
-                        if n > start_measure:
+                        replies += 1  # the echo answers frame k with its k-th reply
+                        if replies > start_measure and replies in sent:
+                            lat.append(now - sent[replies])
+                        continue
+                    if kind == "noop" and isinstance(raw, str) and raw.startswith(NOOP_PREFIX):
+                        # the client's own cost is the bottleneck: read the frame number
+                        # without a full JSON parse (the format is ours and fixed)
+                        n = int(raw[len(NOOP_PREFIX) : raw.index('"', len(NOOP_PREFIX))])
+                        if n > start_measure and n in sent:
                             lat.append(now - sent[n])
                         continue
                     msg = gw.parse_server(raw)
