@@ -280,6 +280,7 @@ class RoutedSession(BaseSTTService):
         self._buf = ReplayBuffer(self.config.replay_seconds)
         self._lock = asyncio.Lock()
         self._legs: list[_Leg] = []
+        self._dropping: list[STTService] = []
         self._leg: _Leg | None = None
         self._failed_at: dict[str, float] = {}
         self._unusable: dict[str, str] = {}
@@ -574,6 +575,8 @@ class RoutedSession(BaseSTTService):
         service: STTService | None = None
         try:
             service = self._factory(endpoint)
+            if service.is_streaming:  # a reused instance still closing its last stream
+                await _quietly_cancel(service)
             async with fail_after(self.clock, self.config.connect_timeout):
                 results = await service.start_streaming(ENGINE_FORMAT)
         except TimeoutError:
@@ -648,7 +651,7 @@ class RoutedSession(BaseSTTService):
 
     async def _replace(self, old: _Leg | None) -> None:
         if old is not None:
-            await self._close_leg(old)
+            self._drop_leg(old)
         self._leg = None
         if self._buf.start > self._final_pos:  # the buffer overflowed: that audio is gone
             lost = (self._buf.seconds(self._final_pos), self._buf.seconds(self._buf.start))
@@ -828,7 +831,7 @@ class RoutedSession(BaseSTTService):
             if leg is None:
                 await self._pump()  # stay; catch the current endpoint up
                 return
-            await self._close_leg(old)
+            self._drop_leg(old)
             self._leg = leg
             self.endpoint = leg.endpoint
             kind = RouteEventKind.REROUTED if reroute else RouteEventKind.SWITCHED_BACK
@@ -883,23 +886,39 @@ class RoutedSession(BaseSTTService):
             interval=(self._buf.seconds(dropped[0]), self._buf.seconds(dropped[1])),
         )
 
-    async def _close_leg(self, leg: _Leg) -> None:
+    def _retire(self, leg: _Leg) -> None:
+        """Stop listening to ``leg``: its results are ignored from now on."""
         if leg.retired:
             return
         leg.retired = True
         leg.wake.set()
         if leg.watchdog is not None:
             leg.watchdog.cancel()
-        if leg.service.is_streaming:
-            await _quietly_cancel(leg.service)
         leg.permit.release()
         if leg in self._legs:
             self._legs.remove(leg)
             self._add_usage(self._usage, leg)
 
+    async def _close_leg(self, leg: _Leg) -> None:
+        self._retire(leg)
+        if leg.service.is_streaming:
+            await _quietly_cancel(leg.service)
+
+    def _drop_leg(self, leg: _Leg) -> None:
+        """Retire ``leg`` and close its connection in the background: a dead socket's close
+        handshake must not delay the failover."""
+        self._retire(leg)
+        if leg.service.is_streaming and self._stream is not None:
+            self._dropping.append(leg.service)
+            self._spawn(_quietly_cancel(leg.service))
+
     async def _close_all(self) -> None:
         for leg in list(self._legs):
             await self._close_leg(leg)
+        dropping, self._dropping = self._dropping, []
+        for service in dropping:
+            if service.is_streaming:
+                await _quietly_cancel(service)
 
     def _bump(self, endpoint: STTEndpoint, *, failures: int = 0) -> None:
         row = self._usage.setdefault(endpoint.id, [0, 0.0, 0.0, 0, float(endpoint.cost_per_hour)])

@@ -13,6 +13,7 @@ from sttrouter.resilience import (
     HealthStatus,
     all_available,
     http_probe,
+    service_probe,
     websocket_probe,
 )
 from sttrouter.testing import FakeClock, FakeSTTService, fake_endpoint
@@ -186,3 +187,24 @@ def test_config_validation() -> None:
         HealthConfig(interval=0)
     with pytest.raises(ConfigError):
         HealthConfig(unhealthy_after=0)
+
+
+async def test_service_probe_and_for_endpoints() -> None:
+    clock = FakeClock()
+    down = FakeSTTService(fake_endpoint("down"), clock=clock)
+    down.down = True
+    made: list[str] = []
+
+    def factory(ep: object) -> FakeSTTService:
+        made.append(ep.id)  # type: ignore[attr-defined]
+        return down if ep.id == "down" else FakeSTTService(ep, clock=clock)  # type: ignore[attr-defined,arg-type]
+
+    mon = HealthMonitor.for_endpoints(
+        [fake_endpoint("up"), fake_endpoint("down")], factory=factory, clock=clock
+    )
+    await mon.check_all()
+    assert mon.status("up") is HealthStatus.HEALTHY
+    assert mon.status("down") is HealthStatus.DEGRADED
+    assert sorted(made) == ["down", "up"]
+    # the default factory builds the real adapter (the fake provider here)
+    await service_probe(fake_endpoint("real"))()

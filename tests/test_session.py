@@ -460,3 +460,19 @@ async def test_probe_uses_the_first_endpoint() -> None:
     with pytest.raises(Exception, match="down"):
         await s.probe()
     assert a.streams_started == 0
+
+
+async def test_a_slow_close_of_the_failed_engine_does_not_delay_failover() -> None:
+    class SlowClose(FakeSTTService):
+        async def _abort(self) -> None:
+            await self.clock.sleep(10.0)  # a dead socket's close handshake timing out
+
+    clock = FakeClock()
+    a = SlowClose(fake_endpoint("a"), clock=clock, faults=FaultPlan.drop_after(1.25))
+    b = FakeSTTService(fake_endpoint("b"), clock=clock)
+    s = RoutedSession([a.endpoint, b.endpoint], service_factory=fakes(clock, a, b), clock=clock)
+    run = await drive(clock, s, SPEECH)
+    check_coverage(SPEECH, run, ("a", "b"))
+    failed, failover = run.events[1], run.events[2]
+    assert failover.kind is RouteEventKind.FAILOVER
+    assert failover.clock_time - failed.clock_time < 0.05

@@ -22,6 +22,7 @@ from sttrouter.resilience.health import (
     HealthStatus,
     Probe,
     http_probe,
+    service_probe,
     websocket_probe,
 )
 from sttrouter.resilience.retry import RetryPolicy
@@ -42,6 +43,7 @@ __all__ = [
     "RetryPolicy",
     "all_available",
     "http_probe",
+    "service_probe",
     "websocket_probe",
 ]
 

@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
 
 import anyio
 import attrs
 
 from sttrouter.clock import SYSTEM_CLOCK, Clock, fail_after
 from sttrouter.errors import ConfigError, ConnectionFailed, ConnectTimeout, STTError
+from sttrouter.panel.endpoint import STTEndpoint
+from sttrouter.service import STTService
 
 __all__ = [
     "HealthConfig",
@@ -34,6 +37,7 @@ __all__ = [
     "HealthStatus",
     "Probe",
     "http_probe",
+    "service_probe",
     "websocket_probe",
 ]
 
@@ -116,6 +120,18 @@ class HealthMonitor:
         self._records: dict[str, _Record] = {}
         for eid, probe in (probes or {}).items():
             self.add(eid, probe)
+
+    @classmethod
+    def for_endpoints(
+        cls,
+        endpoints: Iterable[STTEndpoint],
+        *,
+        factory: Callable[[STTEndpoint], STTService] | None = None,
+        **kwargs: Any,
+    ) -> HealthMonitor:
+        """A monitor probing each endpoint through its adapter's ``probe()``
+        (:func:`service_probe`); ``kwargs`` go to the constructor."""
+        return cls({ep.id: service_probe(ep, factory) for ep in endpoints}, **kwargs)
 
     def add(self, endpoint_id: str, probe: Probe) -> None:
         """Watch ``endpoint_id`` with ``probe`` (replaces an earlier probe)."""
@@ -231,6 +247,25 @@ class HealthMonitor:
         )
         if self._on_change is not None:
             self._on_change(eid, old, new)
+
+
+def service_probe(
+    endpoint: STTEndpoint, factory: Callable[[STTEndpoint], STTService] | None = None
+) -> Probe:
+    """A probe that builds a fresh adapter for ``endpoint`` (default
+    :func:`sttrouter.providers.create_service`) and awaits its ``probe()``: a handshake, a
+    health or model-list request — never audio, so nothing is billed."""
+
+    async def probe() -> None:
+        if factory is None:
+            from sttrouter.providers import create_service
+
+            service = create_service(endpoint)
+        else:
+            service = factory(endpoint)
+        await service.probe()
+
+    return probe
 
 
 def http_probe(
