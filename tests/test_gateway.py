@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -537,7 +538,7 @@ def test_cli_config_reads_the_token_from_the_environment() -> None:
             build_config(parse(*bad), {})
 
 
-def test_cli_backends() -> None:
+async def test_cli_backends() -> None:
     assert isinstance(build_backend(parse("--backend", "fake"))(gw.StreamConfig()), FakeSTTService)
     with pytest.raises(ConfigError, match="backend-url"):
         build_backend(parse("--backend", "openai"))
@@ -558,6 +559,17 @@ def test_cli_backends() -> None:
     assert svc.language == "de"
     assert svc.interim_interval == 1.0
     assert make(gw.StreamConfig()).language is None
+    await make.aclose()  # type: ignore[attr-defined]
+
+
+async def test_cli_openai_backend_closes_its_pool_on_shutdown() -> None:
+    backend = build_backend(parse("--backend", "openai", "--backend-url", "http://127.0.0.1:9"))
+    backend(gw.StreamConfig())
+    server = GatewayServer(backend)
+    async with AppServer(server.app):
+        pass
+    assert backend._client is None  # type: ignore[attr-defined]
+    await server.aclose()  # idempotent
 
 
 async def test_cli_serve_runs_until_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -676,3 +688,26 @@ def test_websocket_failures_map_to_typed_errors() -> None:
         (code.MODEL_UNAVAILABLE, StreamingFailed),
     ]:
         assert isinstance(_error_to_stt(gw.ErrorMessage.of(c, "m")), expected)
+
+
+async def test_gateway_in_front_of_an_openai_compatible_server_with_silero_vad() -> None:
+    """serve --backend openai: gateway → segmenter (Silero VAD on real speech) → fake vLLM."""
+    from sttrouter.testing.openai_server import FakeOpenAITranscriptionServer
+
+    data, fmt = read_audio(AUDIO_DIR / "long_16k.wav")  # several sentences with pauses
+    async with FakeOpenAITranscriptionServer(
+        transcriber=lambda pcm, rate: f"{len(pcm) / 2 / rate:.1f}s of speech"
+    ) as vllm:
+        args = parse("--backend", "openai", "--backend-url", vllm.url)
+        server = GatewayServer(build_backend(args), build_config(args, {}))
+        async with AppServer(server.app) as app:
+            svc = GLMServerSTTService(gateway_endpoint(app.ws_url))
+            transcript = await svc.transcribe(data, fmt)
+    finals = transcript.results
+    assert len(finals) >= 3  # one request per spoken sentence
+    assert len(vllm.transcriptions) == len(finals)
+    assert all(r.transcript.endswith("s of speech") for r in finals)
+    for a, b in itertools.pairwise(finals):
+        assert b.start >= a.end - 1e-6
+    spoken = sum(r.audio_seconds for r in vllm.transcriptions)
+    assert spoken < fmt.seconds(len(data))  # the pauses were not sent

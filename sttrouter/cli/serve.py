@@ -19,6 +19,8 @@ import logging
 import os
 from typing import Any
 
+import attrs
+
 from sttrouter.errors import ConfigError
 from sttrouter.gateway import protocol as gw
 from sttrouter.gateway.server import Backend, GatewayConfig, GatewayServer
@@ -140,40 +142,45 @@ def build_backend(args: argparse.Namespace) -> Backend:
     return _openai_backend(endpoint)
 
 
-def _openai_backend(endpoint: STTEndpoint) -> Backend:
-    """One shared HTTP connection pool for every session."""
-    import httpx
+class _OpenAIBackend:
+    """GLM-ASR server sessions sharing one HTTP connection pool (closed by ``aclose``)."""
 
-    from sttrouter.providers.glm_server import GLMServerSTTService
+    def __init__(self, endpoint: STTEndpoint) -> None:
+        self.endpoint = endpoint
+        self._client: Any = None
 
-    shared: dict[str, httpx.AsyncClient] = {}
+    def __call__(self, config: gw.StreamConfig) -> STTService:
+        import httpx
 
-    def make(config: gw.StreamConfig) -> STTService:
-        client = shared.get("client")
-        if client is None:
-            key = endpoint.connection.api_key()
+        from sttrouter.providers.glm_server import GLMServerSTTService
+
+        if self._client is None:
+            key = self.endpoint.connection.api_key()
             headers = {"Authorization": f"Bearer {key}"} if key else {}
-            client = shared["client"] = httpx.AsyncClient(
+            self._client = httpx.AsyncClient(
                 headers=headers,
                 timeout=httpx.Timeout(30.0, connect=10.0),
                 limits=httpx.Limits(max_connections=64),
             )
-        ep = endpoint
+        ep = self.endpoint
         if config.language:
-            options = {**endpoint.connection.options, "language": config.language}
-            ep = STTEndpoint(
-                id=endpoint.id,
-                provider=endpoint.provider,
-                location=endpoint.location,
-                connection=ConnectionConfig(
-                    base_url=endpoint.connection.base_url,
-                    api_key_env=endpoint.connection.api_key_env,
-                    options=options,
+            conn = ep.connection
+            ep = attrs.evolve(
+                ep,
+                connection=attrs.evolve(
+                    conn, options={**conn.options, "language": config.language}
                 ),
             )
-        return GLMServerSTTService(ep, http_client=client)
+        return GLMServerSTTService(ep, http_client=self._client)
 
-    return make
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+
+def _openai_backend(endpoint: STTEndpoint) -> Backend:
+    return _OpenAIBackend(endpoint)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -58,7 +58,7 @@ class AppServer:
             port=port,
             log_level="warning",
             access_log=False,
-            lifespan="off",
+            lifespan="auto",
             http="h11",
             ws="websockets-sansio",
             ws_max_size=ws_max_size,

@@ -54,7 +54,8 @@ __all__ = ["Backend", "GatewayConfig", "GatewayServer"]
 log = logging.getLogger(__name__)
 
 Backend = Callable[[gw.StreamConfig], STTService]
-"""Makes a fresh service for one session (or one HTTP transcription)."""
+"""Makes a fresh service for one session (or one HTTP transcription). A backend object with
+an ``async aclose()`` method is closed when the server shuts down."""
 
 
 @attrs.frozen
@@ -127,6 +128,7 @@ class GatewayServer:
         from starlette.routing import Route, WebSocketRoute
 
         return apps.Starlette(
+            lifespan=self._lifespan,
             routes=[
                 WebSocketRoute("/v1/audio/stream", self._stream),
                 Route("/v1/audio/transcriptions", self._transcriptions, methods=["POST"]),
@@ -134,8 +136,19 @@ class GatewayServer:
                 Route("/ready", self._readiness, methods=["GET"]),
                 Route("/metrics", self._metrics, methods=["GET"]),
                 Route("/v1/models", self._models, methods=["GET"]),
-            ]
+            ],
         )
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Any) -> AsyncIterator[None]:
+        yield
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Release what the backend holds (an HTTP pool); called when the server shuts down."""
+        close = getattr(self.backend, "aclose", None)
+        if close is not None:
+            await close()
 
     # -- auth --------------------------------------------------------------------------------
     def authorized(self, headers: Any, query: Any) -> bool:
