@@ -203,6 +203,18 @@ async def test_probe_bills_nothing(server: FakeDeepgramServer) -> None:
     assert not server.sessions
 
 
+async def test_probe_path_for_self_hosted(
+    server: FakeDeepgramServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await service(server, probe_path="v1/projects").probe()
+    assert [(r.method, r.path, r.status) for r in server.requests] == [("GET", "/v1/projects", 200)]
+    with pytest.raises(EndpointMisconfigured, match="404"):
+        await service(server, probe_path="/no/such/route").probe()
+    monkeypatch.setenv("DEEPGRAM_API_KEY", "wrong")
+    with pytest.raises(AuthenticationFailed):
+        await service(server, probe_path="/v1/projects").probe()
+
+
 async def test_probe_and_batch_with_a_wrong_key(
     server: FakeDeepgramServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -9,7 +9,8 @@ Options (``endpoint.connection.options``): ``model`` (default ``nova-3``), ``lan
 ``interim_results`` (default true), ``punctuate`` (default true), ``smart_format``,
 ``endpointing`` (ms, default 300, ``false`` to turn off), ``utterance_end_ms``,
 ``vad_events``, ``keepalive_seconds`` (default 5), ``connect_timeout`` (10),
-``finish_timeout`` (10), ``request_timeout`` (60).
+``finish_timeout`` (10), ``request_timeout`` (60), ``probe_path`` (a health route for
+self-hosted Deepgram, which has no projects API).
 
 Mapping to :class:`~sttrouter.results.STTResult`:
 
@@ -350,15 +351,41 @@ class DeepgramSTTService(BaseSTTService):
         return Transcript.from_results([result], duration=duration)
 
     async def probe(self) -> None:
-        """List the key's projects (``GET /v1/projects``): checks reachability and the key."""
+        """Check reachability and the key without billing anything.
+
+        By default lists the key's projects (``GET /v1/projects``) through the SDK. A
+        self-hosted Deepgram has no projects API: set the ``probe_path`` option to its health
+        route (a ``GET`` answered with 2xx when healthy).
+        """
+        path = self.endpoint.connection.option("probe_path")
         try:
             async with (
                 httpx.AsyncClient(timeout=self.connect_timeout) as http,
                 fail_after(self.clock, self.connect_timeout),
             ):
-                await self._client(http).manage.v1.projects.list()
+                if path is None:
+                    await self._client(http).manage.v1.projects.list()
+                    return
+                response = await http.get(self._rest_url(str(path)), headers=self._auth())
         except Exception as exc:
             raise self._translate(exc) from exc
+        if not response.is_success:
+            raise from_http_status(
+                response.status_code,
+                response.text[:200],
+                vendor=VENDOR,
+                endpoint_id=self.endpoint.id,
+                key_env=self.endpoint.connection.api_key_env,
+            )
+
+    def _rest_url(self, path: str) -> str:
+        base = self.endpoint.connection.base_url
+        root = http_and_ws(base)[0] if base else "https://api.deepgram.com"
+        return root + "/" + path.lstrip("/")
+
+    def _auth(self) -> dict[str, str]:
+        conn = self.endpoint.connection
+        return {"Authorization": f"Token {conn.api_key()}"} if conn.api_key_env else {}
 
     # -- errors --------------------------------------------------------------------------
     def _translate(self, exc: Exception) -> STTError:
