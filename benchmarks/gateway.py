@@ -56,6 +56,32 @@ def _noop_backend() -> Any:
     return lambda config: NoOp(endpoint)
 
 
+_SERVER_LAT: list[float] = []
+
+
+def _instrument() -> None:
+    """Inside the gateway process: time each frame from its arrival to its partial's send."""
+    from sttrouter.gateway import protocol as gw
+    from sttrouter.gateway import server as srv
+
+    audio, send = srv._Session._audio, srv._Sender.send
+
+    async def timed_audio(self: Any, pcm: bytes) -> None:
+        self.sender.arrivals = getattr(self.sender, "arrivals", [])
+        self.sender.arrivals.append(time.perf_counter())
+        await audio(self, pcm)
+
+    async def timed_send(self: Any, message: Any) -> None:
+        await send(self, message)
+        if isinstance(message, gw.Transcript) and message.text.isdigit():
+            n = int(message.text)
+            if n > 10:  # after the first second, like the client
+                _SERVER_LAT.append(time.perf_counter() - self.arrivals[n - 1])
+
+    srv._Session._audio = timed_audio  # type: ignore[method-assign]
+    srv._Sender.send = timed_send  # type: ignore[method-assign]
+
+
 async def _serve(kind: str, port: int) -> None:
     if kind == "echo":
         from websockets.asyncio.server import serve
@@ -74,10 +100,24 @@ async def _serve(kind: str, port: int) -> None:
 
     if kind == "noop":
         backend = _noop_backend()
+        _instrument()
     else:
         backend = build_backend(build_parser().parse_args(["serve", "--backend", kind]))
     config = build_config(build_parser().parse_args(["serve", "--max-sessions", "5000"]), {})
     server = GatewayServer(backend, GatewayConfig(max_sessions=config.max_sessions))
+    if kind == "noop":
+        from starlette.responses import JSONResponse
+        from starlette.routing import Route
+
+        async def stats(request: Any) -> Any:
+            lat = sorted(_SERVER_LAT)
+            _SERVER_LAT.clear()
+            if not lat:
+                return JSONResponse({"count": 0})
+            pick = lambda q: 1000 * lat[min(len(lat) - 1, int(q * len(lat)))]  # noqa: E731
+            return JSONResponse({"count": len(lat), "p50_ms": pick(0.5), "p99_ms": pick(0.99)})
+
+        server.app.router.routes.append(Route("/bench", stats))
     async with AppServer(server.app, port=port, backlog=4096):
         print("READY", flush=True)
         await asyncio.Future()
@@ -226,6 +266,15 @@ async def run_level(
     }
 
 
+async def _server_stats(ws_url: str) -> dict[str, Any]:
+    import httpx
+
+    async with httpx.AsyncClient() as client:
+        resp = await client.get(ws_url.replace("ws://", "http://") + "/bench")
+        data: dict[str, Any] = resp.json()
+        return data
+
+
 def _speech() -> bytes:
     from sttrouter.audio import read_audio
 
@@ -255,6 +304,7 @@ async def main(quick: bool) -> None:
     )
     print("|---|---|---|---|---|---|---|---|")
     sustained = 0
+    inside_ok = 0
     capacity = 0.0
     for level in levels:
         with server_process("echo") as srv:
@@ -263,14 +313,27 @@ async def main(quick: bool) -> None:
         print(rows[-1], flush=True)
         with server_process("noop") as srv:
             r = await run_level(srv, "noop", level, seconds, silence_pcm)
+            inside = await _server_stats(srv[0])
         rows.append(_row("gateway, no-op engine", r))
         print(rows[-1], flush=True)
+        print(
+            f"|   … measured inside the gateway (frame in → its partial written) | {level} | "
+            f"{inside.get('count', 0)} | {inside.get('p50_ms', float('nan')):.1f} | "
+            f"{inside.get('p99_ms', float('nan')):.1f} | | | |",
+            flush=True,
+        )
+        if inside.get("p99_ms", float("inf")) <= P99_LIMIT_MS:
+            inside_ok = max(inside_ok, level)
         if r["p99_ms"] <= P99_LIMIT_MS and r["errors"] == 0:
             sustained = max(sustained, level)
         capacity = max(capacity, 1e6 / (r["cpu_us_per_frame"] * 10))
     print(
         f"\nno-op engine: sustained {sustained} concurrent real-time sessions with p99 <= "
         f"{P99_LIMIT_MS:g} ms"
+    )
+    print(
+        f"gateway-internal p99 <= {P99_LIMIT_MS:g} ms up to {inside_ok} sessions "
+        "(excludes the client's own event-loop lag)"
     )
     print(
         f"CPU-bound estimate: one server core carries about {capacity:.0f} such sessions "
