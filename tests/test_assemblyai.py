@@ -405,3 +405,16 @@ async def test_committed_48k_stereo_sample_is_converted() -> None:
     assert ENGINE_FORMAT.seconds(srv.sessions[0].audio_bytes) == pytest.approx(
         fmt.seconds(len(pcm)), abs=0.06
     )
+
+
+async def test_cancel_mid_stream_ends_cleanly(server: FakeAssemblyAIServer) -> None:
+    svc = service(server)
+    results = await svc.start_streaming()
+    for i in range(0, 32000, 640):
+        await svc.send_audio(SPEECH.pcm[i : i + 640])
+    await svc.cancel_streaming()
+    seen = [r async for r in results]  # ends, and without an error
+    assert all(r.endpoint_id == svc.endpoint.id for r in seen)
+    assert not svc.is_streaming
+    again = await stream(svc, SPEECH.pcm)  # the service is reusable
+    assert any(r.is_final and r.transcript for r in again)

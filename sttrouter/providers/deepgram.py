@@ -163,6 +163,7 @@ class DeepgramSTTService(BaseSTTService):
         self._cm: Any = None
         self._conn: Any = None
         self._closing = False
+        self._aborted = False
         self._metadata_seen = False
         self._done = asyncio.Event()
         self._last_activity = 0.0
@@ -184,9 +185,9 @@ class DeepgramSTTService(BaseSTTService):
         if http is not None:
             kwargs["httpx_client"] = http
         if conn.base_url:
-            http, ws = http_and_ws(conn.base_url)
+            rest, ws = http_and_ws(conn.base_url)
             kwargs["environment"] = DeepgramClientEnvironment(
-                base=http, production=ws, agent=ws, agent_rest=http
+                base=rest, production=ws, agent=ws, agent_rest=rest
             )
         return AsyncDeepgramClient(**kwargs)
 
@@ -208,7 +209,8 @@ class DeepgramSTTService(BaseSTTService):
         self._done = asyncio.Event()
         self._utterance_open = False
         self._last_activity = self.clock.now()
-        self._spawn(self._receive())
+        self._aborted = False
+        self._spawn(self._receive(conn))
         self._spawn(self._keepalive())
 
     async def _send(self, pcm: bytes) -> None:
@@ -232,7 +234,7 @@ class DeepgramSTTService(BaseSTTService):
         await self._close()
 
     async def _abort(self) -> None:
-        self._closing = True
+        self._closing = self._aborted = True
         await self._close()
 
     async def _close(self) -> None:
@@ -255,18 +257,20 @@ class DeepgramSTTService(BaseSTTService):
                 await self._conn.send_keep_alive()
                 self._last_activity = self.clock.now()
 
-    async def _receive(self) -> None:
+    async def _receive(self, conn: Any) -> None:
         # recv() rather than ``async for``: the SDK's iterator skips frames that are not JSON
         # with a log line, recv() raises, so a garbled stream fails over instead of stalling.
         try:
             while True:
                 try:
-                    msg = await self._conn.recv()
+                    msg = await conn.recv()
                 except ws_exc.ConnectionClosedOK:
                     break
                 await self._handle(msg)
         finally:
             self._done.set()
+        if self._aborted:
+            return
         if not self._closing or not self._metadata_seen:
             raise StreamingFailed(
                 "Deepgram closed the stream before it sent Metadata for CloseStream",
