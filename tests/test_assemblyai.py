@@ -10,6 +10,8 @@ from typing import Any
 
 import anyio
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sttrouter.audio import ENGINE_FORMAT, read_audio
 from sttrouter.errors import (
@@ -418,3 +420,24 @@ async def test_cancel_mid_stream_ends_cleanly(server: FakeAssemblyAIServer) -> N
     assert not svc.is_streaming
     again = await stream(svc, SPEECH.pcm)  # the service is reusable
     assert any(r.is_final and r.transcript for r in again)
+
+
+@settings(max_examples=6, deadline=None)
+@given(st.lists(st.integers(1, 40_000), min_size=1, max_size=12))
+async def test_chunking_never_changes_what_is_heard(sizes: list[int]) -> None:
+    """Whatever sizes the caller sends (whole samples), every message is 50–1000 ms and the
+    finals, word times and audio received are the same."""
+    async with FakeAssemblyAIServer(script=SAMPLE_SCRIPT, api_key=KEY) as srv:
+        svc = service(srv)
+        results = await svc.start_streaming()
+        pos, i = 0, 0
+        while pos < len(SPEECH.pcm):
+            n = 2 * sizes[i % len(sizes)]
+            await svc.send_audio(SPEECH.pcm[pos : pos + n])
+            pos, i = pos + n, i + 1
+        await svc.stop_streaming()
+        out = [r async for r in results]
+    assert [r.transcript for r in out if r.is_final] == [u[0] for u in SAMPLE_SCRIPT]
+    record = srv.sessions[0]
+    assert all(1600 <= n <= 32000 for n in record.chunk_sizes)
+    assert len(SPEECH.pcm) <= record.audio_bytes < len(SPEECH.pcm) + 1600
