@@ -116,7 +116,8 @@ class SessionConfig:
         connect_timeout: an endpoint that has not opened by then counts as failed.
         stall_timeout: speech was sent and no result (interim or final) came for this long.
             Engines without interim results answer only at the end of an utterance: set it
-            above your longest utterance for them.
+            above your longest utterance for them, per endpoint with
+            ``connection.options.stall_timeout`` (which overrides this).
         finish_timeout: ``stop_streaming`` waits this long for an endpoint's last final.
         empty_final_limit: this many empty finals in a row over audio with speech energy
             fail the endpoint (:class:`~sttrouter.errors.EmptyTranscripts`).
@@ -845,8 +846,20 @@ class RoutedSession(BaseSTTService):
             await self._pump()
 
     # -- stall watchdog -------------------------------------------------------------------
+    def _stall_timeout(self, endpoint: STTEndpoint) -> float:
+        """``stall_timeout`` from the endpoint's options, else the session's."""
+        value = endpoint.connection.option("stall_timeout")
+        try:
+            return float(value) if value is not None else self.config.stall_timeout
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"stall_timeout must be a number of seconds, got {value!r}",
+                endpoint=endpoint.id,
+                field="connection.options.stall_timeout",
+            ) from None
+
     async def _watch(self, leg: _Leg) -> None:
-        timeout = self.config.stall_timeout
+        timeout = self._stall_timeout(leg.endpoint)
         while leg.failed is None and not leg.retired:
             since = leg.awaiting_since
             if since is None or leg.finishing:

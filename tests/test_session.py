@@ -476,3 +476,19 @@ async def test_a_slow_close_of_the_failed_engine_does_not_delay_failover() -> No
     failed, failover = run.events[1], run.events[2]
     assert failover.kind is RouteEventKind.FAILOVER
     assert failover.clock_time - failed.clock_time < 0.05
+
+
+async def test_per_endpoint_stall_timeout() -> None:
+    from sttrouter.panel.endpoint import ConnectionConfig
+
+    clock = FakeClock()
+    slow_ep = fake_endpoint("a", connection=ConnectionConfig(options={"stall_timeout": 30.0}))
+    a = FakeSTTService(slow_ep, clock=clock, faults=FaultPlan.added_latency(8.0))
+    b = FakeSTTService(fake_endpoint("b"), clock=clock)
+    s = RoutedSession([slow_ep, b.endpoint], service_factory=fakes(clock, a, b), clock=clock)
+    run = await drive(clock, s, SPEECH)
+    check_coverage(SPEECH, run, ("a",))  # 8 s late is slow, not stalled, for this endpoint
+    assert run.kinds() == ["selected"]
+    bad = fake_endpoint("c", connection=ConnectionConfig(options={"stall_timeout": "soon"}))
+    with pytest.raises(ConfigError, match="stall_timeout"):
+        RoutedSession([bad])._stall_timeout(bad)
