@@ -101,17 +101,23 @@ def speechlike(seconds: float, seed: int = 0) -> np.ndarray[Any, np.dtype[np.flo
     return audio.astype(np.float32)
 
 
-def _weights_bytes(state: Any) -> int:
-    """Bytes held by a state dict's tensors (int8 packed linear weights included)."""
-    if hasattr(state, "nbytes") and hasattr(state, "dtype"):
+def _weights_bytes(state: Any, seen: set[int] | None = None) -> int:
+    """Bytes held by a state dict's tensors: shared (tied) storage counted once, int8 packed
+    linear weights included."""
+    seen = set() if seen is None else seen
+    if hasattr(state, "dtype") and hasattr(state, "element_size"):
         try:
-            return int(state.nbytes)
-        except RuntimeError:  # a quantised tensor: count its int8 payload
-            return int(state.numel() * state.element_size())
+            key = int(state.untyped_storage().data_ptr())
+        except (RuntimeError, NotImplementedError):  # quantised tensors have no plain storage
+            key = id(state)
+        if key in seen:
+            return 0
+        seen.add(key)
+        return int(state.numel() * state.element_size())
     if isinstance(state, dict):
-        return sum(_weights_bytes(v) for v in state.values())
+        return sum(_weights_bytes(v, seen) for v in state.values())
     if isinstance(state, list | tuple):
-        return sum(_weights_bytes(v) for v in state)
+        return sum(_weights_bytes(v, seen) for v in state)
     return 0
 
 
