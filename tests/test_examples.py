@@ -297,3 +297,47 @@ def test_relay_server_main_with_the_offline_engine() -> None:
         proc.wait(timeout=10)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+# -- simulate_tutoring.py ----------------------------------------------------------------------
+
+
+def test_simulate_tutoring_script_runs_the_90_minute_trace_scaled() -> None:
+    import json
+
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "simulate_tutoring.py"), "--scale", "0.1", "--json"],
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["trace"].startswith("90-minute tutoring session")
+    assert result["audio_seconds"] >= 540  # 90 minutes x 0.1
+    assert result["words_in_finals"] == result["words_spoken"]
+    assert result["duplicates"] == 0
+    assert result["in_order"]
+    kinds = [(m["kind"], m["from"], m["to"]) for m in result["moves"]]
+    assert kinds[0] == ("selected", None, "glm-local")  # a cool ultra phone: on device
+    assert ("rerouted", "glm-local", "glm-server") in kinds  # it heats up: to the server
+    assert ("failover", "glm-server", "offline") in kinds  # the Wi-Fi drops: offline engine
+    assert ("rerouted", "offline", "glm-server") in kinds  # Wi-Fi back
+    assert result["failovers"] >= 1
+
+
+async def test_simulate_commute_reports_what_no_engine_could_serve() -> None:
+    from sttrouter.panel import Router, default_registry
+    from sttrouter.simulate import Trace
+
+    sim = load_example("simulate_tutoring")
+    trace = sim.scaled(Trace.load(EXAMPLES / "traces" / "commute_pro_max.toml"), 0.2)
+    result = await sim.simulate(trace, Router(default_registry()))
+    # in the tunnel the phone is offline and the offline engine has no Mandarin: the session
+    # says which audio it could not transcribe, and nothing else is lost or repeated
+    assert result["not_transcribed"]
+    assert result["words_not_transcribed"] > 0
+    assert result["words_lost_silently"] == 0
+    assert result["duplicates"] == 0
+    assert result["in_order"]
+    kinds = {m["kind"] for m in result["moves"]}
+    assert {"failed", "failover"} <= kinds  # the Deepgram stall is detected and failed over
+    assert "not transcribed" in sim.report(result)
