@@ -78,6 +78,27 @@ class STTMetrics:
     def error(self) -> None:
         self.errors += 1
 
+    def merge(self, other: STTMetrics) -> None:
+        """Fold ``other``'s observations into this one (one endpoint's many streams into a
+        total). Counters and the histogram add up; the latency window takes ``other``'s
+        samples after its own; time to first result keeps the smaller. ``cost_per_hour`` stays
+        this one's."""
+        self._latencies.extend(other._latencies)
+        self.latency_count += other.latency_count
+        self.latency_sum += other.latency_sum
+        for i, n in enumerate(other._latency_buckets):
+            self._latency_buckets[i] += n
+        self.audio_seconds += other.audio_seconds
+        self.results += other.results
+        self.finals += other.finals
+        self.words += other.words
+        self.errors += other.errors
+        self.failovers += other.failovers
+        firsts = [
+            t for t in (self.time_to_first_result, other.time_to_first_result) if t is not None
+        ]
+        self.time_to_first_result = min(firsts) if firsts else None
+
     # -- statistics ---------------------------------------------------------------------
     def _percentile(self, q: float) -> float | None:
         if not self._latencies:

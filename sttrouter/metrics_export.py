@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from decimal import Decimal
 from typing import Any, Final, Literal
 
 import attrs
@@ -49,6 +50,7 @@ __all__ = [
     "PREFIX",
     "EndpointSnapshot",
     "MetricFamily",
+    "MetricsBook",
     "MetricsObserver",
     "MetricsSnapshot",
     "OpenTelemetryBridge",
@@ -124,21 +126,115 @@ class MetricsSnapshot:
     active_sessions: int | None = None
 
 
+def _merged(cost_per_hour: Decimal, parts: Iterable[STTMetrics]) -> STTMetrics:
+    total = STTMetrics(cost_per_hour)
+    for m in parts:
+        total.merge(m)
+    return total
+
+
 def snapshot(
     services: Iterable[Any] = (),
     *,
     sessions: Mapping[str, STTMetrics] | None = None,
     active_sessions: int | None = None,
 ) -> MetricsSnapshot:
-    """A snapshot of services (anything with ``endpoint`` and ``metrics``) and sessions."""
+    """A snapshot of services (anything with ``endpoint`` and ``metrics``) and sessions.
+
+    Services of the same endpoint (one per stream, as a routed session makes them) are
+    added up into one entry per endpoint.
+    """
+    grouped: dict[str, tuple[Any, list[STTMetrics]]] = {}
+    for s in services:
+        grouped.setdefault(s.endpoint.id, (s.endpoint, []))[1].append(s.metrics)
     endpoints = [
-        EndpointSnapshot(s.endpoint.id, str(s.endpoint.provider), s.metrics) for s in services
+        EndpointSnapshot(
+            eid,
+            str(ep.provider),
+            parts[0] if len(parts) == 1 else _merged(ep.cost_per_hour, parts),
+        )
+        for eid, (ep, parts) in grouped.items()
     ]
     return MetricsSnapshot(
         endpoints,
         [SessionSnapshot(sid, m) for sid, m in (sessions or {}).items()],
         active_sessions,
     )
+
+
+class MetricsBook:
+    """Per-endpoint totals over every service that ever served an endpoint.
+
+    A routed session builds a fresh service for each endpoint stream; wrap its factory so the
+    book sees them all::
+
+        book = MetricsBook()
+        session = RoutedSession(router=router, service_factory=book.factory(create_service))
+        ...
+        text = render_prometheus(book.snapshot(active_sessions=live))
+
+    Services that have streamed and stopped are folded into their endpoint's total at the next
+    snapshot and released, so memory stays bounded (do not reuse a retired service).
+    """
+
+    def __init__(self) -> None:
+        self._totals: dict[str, tuple[Any, STTMetrics]] = {}
+        self._live: list[Any] = []
+
+    @property
+    def tracked(self) -> int:
+        """Services counted individually now (running, or not started yet)."""
+        return len(self._live)
+
+    def track(self, service: Any) -> Any:
+        """Count ``service`` (anything with ``endpoint``, ``metrics``, ``is_streaming``)."""
+        self._live.append(service)
+        return service
+
+    def factory(self, inner: Callable[..., Any]) -> Callable[..., Any]:
+        """A service factory that builds with ``inner`` and tracks what it builds."""
+
+        def build(endpoint: Any, *args: Any, **kwargs: Any) -> Any:
+            return self.track(inner(endpoint, *args, **kwargs))
+
+        return build
+
+    def retire(self, service: Any) -> None:
+        """Fold a finished service into its endpoint's total and stop tracking it."""
+        self._live = [s for s in self._live if s is not service]
+        ep = service.endpoint
+        entry = self._totals.get(ep.id)
+        if entry is None:
+            entry = self._totals[ep.id] = (ep, STTMetrics(ep.cost_per_hour))
+        entry[1].merge(service.metrics)
+
+    def snapshot(
+        self,
+        *,
+        sessions: Mapping[str, STTMetrics] | None = None,
+        active_sessions: int | None = None,
+    ) -> MetricsSnapshot:
+        """Every endpoint's total so far, including streams still running."""
+        for service in list(self._live):
+            m = service.metrics
+            if not service.is_streaming and (m.audio_seconds or m.results or m.errors):
+                self.retire(service)
+        grouped: dict[str, tuple[Any, list[STTMetrics]]] = {
+            eid: (ep, [total]) for eid, (ep, total) in self._totals.items()
+        }
+        for service in self._live:
+            grouped.setdefault(service.endpoint.id, (service.endpoint, []))[1].append(
+                service.metrics
+            )
+        endpoints = [
+            EndpointSnapshot(eid, str(ep.provider), _merged(ep.cost_per_hour, parts))
+            for eid, (ep, parts) in grouped.items()
+        ]
+        return MetricsSnapshot(
+            endpoints,
+            [SessionSnapshot(sid, m) for sid, m in (sessions or {}).items()],
+            active_sessions,
+        )
 
 
 # -- metric families -------------------------------------------------------------------------

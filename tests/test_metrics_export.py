@@ -17,6 +17,7 @@ from sttrouter.metrics import LATENCY_BUCKETS, STTMetrics
 from sttrouter.metrics_export import (
     EndpointSnapshot,
     MetricFamily,
+    MetricsBook,
     MetricsSnapshot,
     OpenTelemetryBridge,
     Sample,
@@ -337,3 +338,94 @@ def test_opentelemetry_bridge_without_opentelemetry(monkeypatch: pytest.MonkeyPa
     monkeypatch.setitem(sys.modules, "opentelemetry.metrics", None)
     with pytest.raises(MissingDependency, match="pip install opentelemetry-api"):
         OpenTelemetryBridge(FakeMeter(), MetricsSnapshot)
+
+
+# -- one endpoint, many services --------------------------------------------------------------
+
+
+def test_merge_adds_up_two_streams() -> None:
+    a = _metrics((0.05, 0.07), audio=4.0, errors=1, failovers=1)
+    b = _metrics((0.3,), audio=6.0)
+    a.merge(b)
+    assert a.audio_seconds == 10.0
+    assert a.finals == 3
+    assert a.results == 5  # 3 finals + one latency-less interim each
+    assert a.errors == 1
+    assert a.failovers == 1
+    assert a.latency_count == 3
+    assert a.latency_sum == pytest.approx(0.42)
+    assert a.median_latency == 0.07
+    assert a.cumulative_latency_buckets()[0] == (0.05, 1)
+    assert a.cost == Decimal("0.000722")
+    fresh = STTMetrics()
+    fresh.merge(STTMetrics())
+    assert fresh.time_to_first_result is None
+
+
+def test_snapshot_groups_services_of_one_endpoint() -> None:
+    class Service:
+        def __init__(self, endpoint_id: str, metrics: STTMetrics) -> None:
+            self.endpoint = fake_endpoint(endpoint_id, cost_per_hour="0.26")
+            self.metrics = metrics
+
+    snap = snapshot(
+        [
+            Service("a", _metrics(audio=4.0)),
+            Service("b", _metrics()),
+            Service("a", _metrics(audio=6.0)),
+        ]
+    )
+    assert [e.endpoint_id for e in snap.endpoints] == ["a", "b"]
+    merged = snap.endpoints[0].metrics
+    assert merged.audio_seconds == 10.0
+    assert merged.finals == 6
+
+
+async def test_metrics_book_counts_every_leg_of_a_routed_session() -> None:
+    from sttrouter.session import RoutedSession
+    from sttrouter.testing import FaultPlan, synthetic_speech
+
+    clock = FakeClock()
+    faults = {"primary": FaultPlan.drop_after(1.4)}
+    book = MetricsBook()
+
+    def build(endpoint: Any, **_: Any) -> FakeSTTService:
+        return FakeSTTService(endpoint, faults=faults.get(endpoint.id), clock=clock)
+
+    chain = [fake_endpoint("primary", cost_per_hour="0.26"), fake_endpoint("backup")]
+    speech = synthetic_speech((5, 5, 5))
+    for _ in range(2):  # two sessions, each failing over: four services in all
+        session = RoutedSession(chain, service_factory=book.factory(build), clock=clock)
+        transcript = await session.transcribe(speech.pcm)
+        assert transcript.text == speech.text
+    text = render_prometheus(book.snapshot(active_sessions=0))
+    fams = _parse(text)
+    primary = frozenset({("endpoint", "primary"), ("provider", "fake")})
+    backup = frozenset({("endpoint", "backup"), ("provider", "fake")})
+    errors = fams["sttrouter_errors"]["samples"]
+    assert errors[("sttrouter_errors_total", primary)] == 2  # one drop per session
+    assert errors[("sttrouter_errors_total", backup)] == 0
+    requests = fams["sttrouter_requests"]["samples"]
+    assert requests[("sttrouter_requests_total", backup)] >= 2
+    audio = fams["sttrouter_audio_duration_ms"]["samples"]
+    # the primary heard 1.4 s before dropping, twice
+    assert audio[("sttrouter_audio_duration_ms_total", primary)] == pytest.approx(2 * 1400, abs=100)
+    assert book.snapshot().endpoints  # retired services stay counted
+    assert book.tracked == 0  # and are released
+
+
+async def test_metrics_book_counts_running_and_unstarted_services() -> None:
+    book = MetricsBook()
+    idle = book.track(FakeSTTService(fake_endpoint("idle")))
+    running = book.track(FakeSTTService(fake_endpoint("run")))
+    snap = book.snapshot()
+    assert {e.endpoint_id for e in snap.endpoints} == {"idle", "run"}
+    async with running.stream() as s:
+        await s.send(b"\x00\x00" * 8000)  # half a second
+        during = {e.endpoint_id: e.metrics.audio_seconds for e in book.snapshot().endpoints}
+        assert during["run"] == pytest.approx(0.5)
+        assert book.tracked == 2  # running: still tracked individually
+    after = {e.endpoint_id: e.metrics.audio_seconds for e in book.snapshot().endpoints}
+    assert after == {"idle": 0.0, "run": pytest.approx(0.5)}
+    assert book.tracked == 1  # the finished one was folded into its total; idle stays
+    assert idle.is_streaming is False
