@@ -388,3 +388,24 @@ def test_cli_bad_flags(argv: list[str], message: str, capsys: pytest.CaptureFixt
 def test_cli_free_api_shows_never(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["cost", "--api", "apple=0"]) == 0
     assert "never" in capsys.readouterr().out
+
+
+def test_cli_prices_from_a_registry(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["cost", "--registry", "builtin", "--json"]) == 0
+    names = [a["name"] for a in json.loads(capsys.readouterr().out)["apis"]]
+    assert names == ["deepgram", "assemblyai"]  # the priced endpoints; free ones are left out
+    reg = tmp_path / "endpoints.toml"
+    reg.write_text(
+        '[[endpoint]]\nid = "dg"\nprovider = "deepgram"\ncost_per_hour = "0.26"\n\n'
+        '[[endpoint]]\nid = "glm"\nprovider = "glm_server"\n'
+    )
+    assert main(["cost", "--registry", str(reg), "--api", "extra=1", "--json"]) == 0
+    apis = json.loads(capsys.readouterr().out)["apis"]
+    assert [(a["name"], a["break_even_hours_per_month"]) for a in apis] == [
+        ("dg", "573.08"),
+        ("extra", "149.00"),
+    ]
+    free = tmp_path / "free.toml"
+    free.write_text('[[endpoint]]\nid = "glm"\nprovider = "glm_server"\n')
+    assert main(["cost", "--registry", str(free)]) == 1
+    assert "no endpoint has a cost_per_hour" in capsys.readouterr().err

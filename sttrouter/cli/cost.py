@@ -59,6 +59,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="an API and its price per hour of audio (repeatable; replaces the scenario's)",
     )
     p.add_argument(
+        "--registry",
+        metavar="FILE|builtin",
+        help="take the API prices from a registry's endpoints (those with cost_per_hour > 0)",
+    )
+    p.add_argument(
         "--self-hosted",
         action="append",
         metavar="NAME=MONTHLY",
@@ -86,6 +91,19 @@ def _users(text: str) -> tuple[int, ...]:
     if not users or min(users) < 0:
         raise ConfigError(f"--users {text!r} must be whole numbers >= 0")
     return users
+
+
+def _registry_prices(source: str) -> list[ApiPrice]:
+    from sttrouter.panel.registry import EndpointRegistry, default_registry
+
+    registry = default_registry() if source == "builtin" else EndpointRegistry.load(source)
+    prices = [ApiPrice(ep.id, ep.cost_per_hour) for ep in registry if ep.cost_per_hour > 0]
+    if not prices:
+        raise ConfigError(
+            "no endpoint has a cost_per_hour above 0; nothing to compare with self-hosting",
+            source=registry.source,
+        )
+    return prices
 
 
 def _default_scenario() -> Scenario:
@@ -123,8 +141,13 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
         changes["usage"] = usage
     if args.users:
         changes["users"] = _users(args.users)
+    apis: list[ApiPrice] = []
+    if args.registry:
+        apis += _registry_prices(args.registry)
     if args.api:
-        changes["apis"] = tuple(ApiPrice(n, a) for n, a in _pairs(args.api, "--api"))
+        apis += [ApiPrice(n, a) for n, a in _pairs(args.api, "--api")]
+    if apis:
+        changes["apis"] = tuple(apis)
     if args.self_hosted:
         items = tuple(CostItem(n, a) for n, a in _pairs(args.self_hosted, "--self-hosted"))
         changes["self_hosting"] = SelfHosting("self-hosted", items)
