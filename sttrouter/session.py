@@ -294,6 +294,7 @@ class RoutedSession(BaseSTTService):
         self._finishing = False
         self._overflowing = False
         self._reroute: str | None = None
+        self._recovering = False
         self._passthrough = False
         self._chunk_bytes = max(2, self._buf.format.bytes_for(self.config.replay_chunk_seconds))
 
@@ -426,6 +427,9 @@ class RoutedSession(BaseSTTService):
             return
         if self._lock.locked():
             return  # a failover or switch is running; it catches up with the buffer
+        if leg is None or leg.failed is not None:
+            self._kick()  # fail over in the background: the caller never waits for it
+            return
         async with self._lock:
             await self._pump()
 
@@ -685,23 +689,28 @@ class RoutedSession(BaseSTTService):
         leg.failed = error
         leg.wake.set()
         self._record_failure(leg.endpoint, error)
-        if (
-            leg is self._leg
-            and not self._finishing
-            and not self._lock.locked()
-            and self._stream is not None
-        ):
-            self._spawn(self._recover())
+        if leg is self._leg and not self._lock.locked():
+            self._kick()
+
+    def _kick(self) -> None:
+        """Start a background failover unless one is pending or the stream is ending."""
+        if self._recovering or self._finishing or self._stream is None:
+            return
+        self._recovering = True
+        self._spawn(self._recover())
 
     async def _recover(self) -> None:
-        async with self._lock:
-            if self._finishing:
-                return
-            try:
-                await self._pump()
-            except STTError as exc:
-                await self._close_all()
-                self._fail(exc)
+        try:
+            async with self._lock:
+                if self._finishing:
+                    return
+                try:
+                    await self._pump()
+                except STTError as exc:
+                    await self._close_all()
+                    self._fail(exc)
+        finally:
+            self._recovering = False
 
     async def _finish_leg(self, leg: _Leg) -> bool:
         """Stop ``leg`` cleanly; ``False`` when it failed instead (the loop fails over)."""
@@ -883,6 +892,7 @@ class RoutedSession(BaseSTTService):
         self._sweeps = 0
         self._finishing = False
         self._overflowing = False
+        self._recovering = False
         self._reroute = None
         self._leg = None
         self.uncovered = []
