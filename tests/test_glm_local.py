@@ -136,8 +136,10 @@ async def test_loads_through_the_real_path_once_per_process(tiny_dir: Path) -> N
 async def test_int8_quantises_every_linear_layer(tiny_dir: Path) -> None:
     import torch
 
-    engine = GLMLocalEngine(GLMLocalSettings.from_endpoint(tiny_endpoint(tiny_dir, dtype="int8")))
+    endpoint = tiny_endpoint(tiny_dir, dtype="int8", device="auto")  # int8 implies the CPU
+    engine = GLMLocalEngine(GLMLocalSettings.from_endpoint(endpoint))
     model = await engine.load()
+    assert model.device == "cpu"
     modules = list(model.model.modules())
     assert not any(type(m) is torch.nn.Linear for m in modules)
     assert sum(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in modules) >= 20

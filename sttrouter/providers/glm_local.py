@@ -255,7 +255,8 @@ class GLMLocalEngine:
         model_dir = resolve_model_dir(
             s.model, cache_dir=s.cache_dir, revision=s.revision, endpoint=eid
         )
-        device = select_device(s.device, torch, endpoint=eid)
+        wanted = "cpu" if s.precision is Precision.INT8 and s.device == "auto" else s.device
+        device = select_device(wanted, torch, endpoint=eid)  # int8 runs on the CPU
         cuda_bf16 = device.startswith("cuda") and bool(torch.cuda.is_bf16_supported())
         precision = select_precision(device, s.precision, cuda_bf16=cuda_bf16, endpoint=eid)
         return load_model(model_dir, device, precision)
