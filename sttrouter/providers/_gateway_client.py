@@ -31,7 +31,7 @@ from sttrouter.errors import (
     StreamStalled,
     STTError,
 )
-from sttrouter.gateway import protocol as gw
+from sttrouter.providers import _gateway_wire as gw
 from sttrouter.providers._openai_client import http_error, translate_transport
 from sttrouter.results import STTResult
 

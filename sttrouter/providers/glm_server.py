@@ -41,8 +41,8 @@ import httpx
 from sttrouter.audio import ENGINE_FORMAT, AudioConverter, AudioFormat
 from sttrouter.clock import Clock
 from sttrouter.errors import ConfigError, STTError
-from sttrouter.gateway import protocol as gw
 from sttrouter.panel.endpoint import STTEndpoint
+from sttrouter.providers import _gateway_wire as gw
 from sttrouter.providers._gateway_client import GatewaySettings, GatewayStream, translate_ws
 from sttrouter.providers._openai_client import (
     ZAI_MAX_SECONDS,

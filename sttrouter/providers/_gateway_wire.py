@@ -1,0 +1,372 @@
+"""UnaMentis' streaming STT protocol on ``/v1/audio/stream``: messages, parse, serialise.
+
+Sans-I/O: no sockets, no asyncio.
+
+Client → server (WebSocket):
+
+* binary frames: PCM16 little-endian, 16 kHz, mono, 20–500 ms each (100 ms recommended);
+* ``{"type": "start", "config": {"language", "interim_results", "punctuate",
+  "profanity_filter"}}`` once, before any audio;
+* ``{"type": "end"}``: no more audio; the server sends the last finals and closes (1000);
+* ``{"type": "ping", "timestamp": <number>}``.
+
+Server → client:
+
+* ``{"type": "partial" | "final", "text", "confidence", "timestamp_ms", "duration_ms",
+  "is_end_of_utterance", "words": [{"word", "start", "end", "confidence"}]}``;
+  ``timestamp_ms``/``duration_ms`` place the text on the session's audio timeline (ms from
+  the first sample); word ``start``/``end`` are seconds on the same timeline;
+* ``{"type": "pong", "timestamp", "server_time"}``;
+* ``{"type": "error", "code", "message", "recoverable"}``.
+
+Error codes (UnaMentis' list, plus ``INVALID_MESSAGE`` for protocol misuse — non-JSON text, an
+unknown type, audio before ``start`` — which its list has no code for):
+
+========================  ===========  ==============================================
+code                      recoverable  meaning
+========================  ===========  ==============================================
+AUDIO_FORMAT_ERROR        yes          odd-length PCM, a frame outside 20–500 ms
+BUFFER_OVERFLOW           yes          audio arrives faster than the engine keeps up
+RATE_LIMIT_EXCEEDED       yes          too many sessions; retry later
+INVALID_MESSAGE           yes          a message the protocol does not allow here
+MODEL_UNAVAILABLE         no           the backend engine cannot be reached
+AUTHENTICATION_FAILED     no           missing or wrong token
+INTERNAL_ERROR            no           anything else
+========================  ===========  ==============================================
+
+A *recoverable* error leaves the session open (the offending message is dropped); after
+any other the server closes the connection.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+from typing import Any, Final, Literal
+
+import attrs
+
+from sttrouter.results import STTResult, WordTimestamp
+
+__all__ = [
+    "MAX_FRAME_SECONDS",
+    "MIN_FRAME_SECONDS",
+    "SAMPLE_RATE",
+    "Audio",
+    "ClientMessage",
+    "End",
+    "ErrorCode",
+    "ErrorMessage",
+    "Ping",
+    "Pong",
+    "ProtocolError",
+    "ServerMessage",
+    "Start",
+    "StreamConfig",
+    "Transcript",
+    "parse_client",
+    "parse_server",
+    "serialize",
+]
+
+SAMPLE_RATE: Final = 16_000
+MIN_FRAME_SECONDS: Final = 0.02
+MAX_FRAME_SECONDS: Final = 0.5
+
+
+class ErrorCode(enum.StrEnum):
+    """Error codes of the protocol (see the module docstring)."""
+
+    AUDIO_FORMAT_ERROR = "AUDIO_FORMAT_ERROR"
+    BUFFER_OVERFLOW = "BUFFER_OVERFLOW"
+    RATE_LIMIT_EXCEEDED = "RATE_LIMIT_EXCEEDED"
+    INVALID_MESSAGE = "INVALID_MESSAGE"
+    MODEL_UNAVAILABLE = "MODEL_UNAVAILABLE"
+    AUTHENTICATION_FAILED = "AUTHENTICATION_FAILED"
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+
+    @property
+    def recoverable(self) -> bool:
+        return self in _RECOVERABLE
+
+
+_RECOVERABLE: Final = frozenset(
+    {
+        ErrorCode.AUDIO_FORMAT_ERROR,
+        ErrorCode.BUFFER_OVERFLOW,
+        ErrorCode.RATE_LIMIT_EXCEEDED,
+        ErrorCode.INVALID_MESSAGE,
+    }
+)
+
+
+class ProtocolError(ValueError):
+    """A message that breaks the protocol; ``code`` is what to answer with."""
+
+    def __init__(self, message: str, code: ErrorCode = ErrorCode.INVALID_MESSAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# -- client messages -------------------------------------------------------------------------
+@attrs.frozen
+class StreamConfig:
+    """The ``config`` of a ``start`` message."""
+
+    language: str | None = None
+    interim_results: bool = True
+    punctuate: bool = True
+    profanity_filter: bool = False
+
+
+@attrs.frozen
+class Start:
+    config: StreamConfig = attrs.field(factory=StreamConfig)
+    type: Literal["start"] = "start"
+
+
+@attrs.frozen
+class End:
+    type: Literal["end"] = "end"
+
+
+@attrs.frozen
+class Ping:
+    timestamp: float | None = None
+    type: Literal["ping"] = "ping"
+
+
+@attrs.frozen
+class Audio:
+    """A binary frame of PCM16 audio."""
+
+    pcm: bytes
+
+    @property
+    def seconds(self) -> float:
+        return len(self.pcm) / 2 / SAMPLE_RATE
+
+
+ClientMessage = Start | End | Ping | Audio
+
+
+# -- server messages -------------------------------------------------------------------------
+@attrs.frozen
+class Transcript:
+    """A ``partial`` or ``final`` message."""
+
+    text: str
+    is_final: bool
+    confidence: float | None = None
+    timestamp_ms: int = 0
+    duration_ms: int = 0
+    is_end_of_utterance: bool = False
+    words: tuple[WordTimestamp, ...] = ()
+
+    @property
+    def type(self) -> str:
+        return "final" if self.is_final else "partial"
+
+    @classmethod
+    def from_result(cls, r: STTResult) -> Transcript:
+        return cls(
+            text=r.transcript,
+            is_final=r.is_final,
+            confidence=r.confidence,
+            timestamp_ms=round(r.start * 1000),
+            duration_ms=round(r.duration * 1000),
+            is_end_of_utterance=r.is_end_of_utterance,
+            words=r.words,
+        )
+
+    def to_result(self) -> STTResult:
+        return STTResult(
+            transcript=self.text,
+            is_final=self.is_final,
+            is_end_of_utterance=self.is_end_of_utterance,
+            confidence=self.confidence,
+            start=self.timestamp_ms / 1000,
+            duration=self.duration_ms / 1000,
+            words=self.words,
+        )
+
+
+@attrs.frozen
+class Pong:
+    timestamp: float | None
+    server_time: float
+    type: Literal["pong"] = "pong"
+
+
+@attrs.frozen
+class ErrorMessage:
+    code: ErrorCode | str
+    message: str
+    recoverable: bool
+    type: Literal["error"] = "error"
+
+    @classmethod
+    def of(cls, code: ErrorCode, message: str) -> ErrorMessage:
+        return cls(code, message, code.recoverable)
+
+
+ServerMessage = Transcript | Pong | ErrorMessage
+
+
+# -- serialise -------------------------------------------------------------------------------
+def serialize(message: ClientMessage | ServerMessage) -> str | bytes:
+    """The wire form: ``bytes`` for audio, JSON text for everything else."""
+    if isinstance(message, Audio):
+        return message.pcm
+    body: dict[str, Any]
+    if isinstance(message, Start):
+        body = {"type": "start", "config": attrs.asdict(message.config)}
+    elif isinstance(message, End):
+        body = {"type": "end"}
+    elif isinstance(message, Ping):
+        body = {"type": "ping", "timestamp": message.timestamp}
+    elif isinstance(message, Transcript):
+        body = {
+            "type": message.type,
+            "text": message.text,
+            "confidence": message.confidence,
+            "timestamp_ms": message.timestamp_ms,
+            "duration_ms": message.duration_ms,
+            "is_end_of_utterance": message.is_end_of_utterance,
+            "words": [
+                {"word": w.word, "start": w.start, "end": w.end, "confidence": w.confidence}
+                for w in message.words
+            ],
+        }
+    elif isinstance(message, Pong):
+        body = {"type": "pong", "timestamp": message.timestamp, "server_time": message.server_time}
+    else:
+        body = {
+            "type": "error",
+            "code": str(message.code),
+            "message": message.message,
+            "recoverable": message.recoverable,
+        }
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+
+# -- parse -----------------------------------------------------------------------------------
+def _load(text: str | bytes) -> dict[str, Any]:
+    try:
+        obj = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(
+            f"text message is not JSON ({exc}); send JSON control messages"
+        ) from exc
+    if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
+        raise ProtocolError('a JSON message must be an object with a string "type"')
+    return obj
+
+
+def _num(obj: dict[str, Any], key: str) -> float | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ProtocolError(f'"{key}" must be a number, got {value!r}')
+    return float(value)
+
+
+def _flag(config: dict[str, Any], key: str, default: bool) -> bool:
+    value = config.get(key, default)
+    if not isinstance(value, bool):
+        raise ProtocolError(f'config "{key}" must be true or false, got {value!r}')
+    return value
+
+
+def parse_client(data: str | bytes, *, binary: bool | None = None) -> ClientMessage:
+    """Parse what a client sent: binary frames are audio, text frames JSON control messages.
+
+    ``binary`` says which kind of WebSocket frame it was; by default ``bytes`` means binary.
+    Audio is checked to be whole PCM16 samples; frame *duration* limits are the server's
+    policy (see :data:`MIN_FRAME_SECONDS`, :data:`MAX_FRAME_SECONDS`).
+
+    Raises:
+        ProtocolError: with the code to answer.
+    """
+    if binary if binary is not None else isinstance(data, bytes):
+        pcm = data if isinstance(data, bytes) else data.encode()
+        if len(pcm) % 2:
+            raise ProtocolError(
+                f"audio frame of {len(pcm)} bytes is not whole 16-bit samples; send PCM16 LE",
+                ErrorCode.AUDIO_FORMAT_ERROR,
+            )
+        return Audio(pcm)
+    obj = _load(data)
+    kind = obj["type"]
+    if kind == "start":
+        config = obj.get("config") or {}
+        if not isinstance(config, dict):
+            raise ProtocolError('"config" must be an object')
+        language = config.get("language")
+        if language is not None and not isinstance(language, str):
+            raise ProtocolError(f'config "language" must be a string, got {language!r}')
+        return Start(
+            StreamConfig(
+                language=language or None,
+                interim_results=_flag(config, "interim_results", True),
+                punctuate=_flag(config, "punctuate", True),
+                profanity_filter=_flag(config, "profanity_filter", False),
+            )
+        )
+    if kind == "end":
+        return End()
+    if kind == "ping":
+        return Ping(_num(obj, "timestamp"))
+    raise ProtocolError(f"unknown message type {kind!r}; use start, end or ping")
+
+
+def parse_server(data: str | bytes) -> ServerMessage:
+    """Parse what the server sent.
+
+    Raises:
+        ProtocolError: not a known server message.
+    """
+    if isinstance(data, bytes):
+        raise ProtocolError("the server sent a binary frame; the protocol has none")
+    obj = _load(data)
+    kind = obj["type"]
+    if kind in ("partial", "final"):
+        words = obj.get("words") or []
+        if not isinstance(words, list):
+            raise ProtocolError('"words" must be a list')
+        try:
+            parsed = tuple(
+                WordTimestamp(
+                    str(w["word"]),
+                    float(w["start"]),
+                    float(w["end"]),
+                    None if w.get("confidence") is None else float(w["confidence"]),
+                )
+                for w in words
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(f"malformed word in {kind} message: {exc}") from exc
+        text = obj.get("text", "")
+        if not isinstance(text, str):
+            raise ProtocolError('"text" must be a string')
+        return Transcript(
+            text=text,
+            is_final=kind == "final",
+            confidence=_num(obj, "confidence"),
+            timestamp_ms=round(_num(obj, "timestamp_ms") or 0),
+            duration_ms=round(_num(obj, "duration_ms") or 0),
+            is_end_of_utterance=bool(obj.get("is_end_of_utterance", False)),
+            words=parsed,
+        )
+    if kind == "pong":
+        return Pong(_num(obj, "timestamp"), _num(obj, "server_time") or 0.0)
+    if kind == "error":
+        raw = str(obj.get("code") or ErrorCode.INTERNAL_ERROR)
+        code: ErrorCode | str = ErrorCode(raw) if raw in ErrorCode.__members__ else raw
+        recoverable = obj.get("recoverable")
+        if not isinstance(recoverable, bool):
+            recoverable = isinstance(code, ErrorCode) and code.recoverable
+        return ErrorMessage(code, str(obj.get("message") or raw), recoverable)
+    raise ProtocolError(f"unknown server message type {kind!r}")
