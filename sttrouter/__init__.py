@@ -28,6 +28,7 @@ from sttrouter.errors import (
     STTError,
     TransientError,
 )
+from sttrouter.events import RouteEvent, RouteEventKind
 from sttrouter.metrics import STTMetrics
 from sttrouter.panel.device import Conditions, DeviceTier, NetworkStatus, ThermalState
 from sttrouter.panel.endpoint import ConnectionConfig, Location, Provider, STTEndpoint
@@ -36,6 +37,7 @@ from sttrouter.panel.registry import EndpointRegistry
 from sttrouter.panel.router import Decision, Router, SkipReason, Verdict
 from sttrouter.results import STTResult, Transcript, WordTimestamp
 from sttrouter.service import AudioStream, BaseSTTService, STTService
+from sttrouter.session import RoutedSession, SessionConfig
 
 __version__ = "0.1.0"
 
@@ -73,6 +75,9 @@ __all__ = [
     "Provider",
     "QuotaExceeded",
     "RateLimited",
+    "RouteEvent",
+    "RouteEventKind",
+    "RoutedSession",
     "Router",
     "Rule",
     "STTEndpoint",
@@ -80,6 +85,7 @@ __all__ = [
     "STTMetrics",
     "STTResult",
     "STTService",
+    "SessionConfig",
     "SkipReason",
     "StreamStalled",
     "StreamingFailed",
