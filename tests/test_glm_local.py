@@ -32,6 +32,7 @@ from sttrouter.providers._glm_model import (
     Precision,
     clear_model_cache,
     load_model,
+    resolve_model_dir,
 )
 from sttrouter.providers.glm_local import (
     GLMLocalEngine,
@@ -148,9 +149,26 @@ async def test_int8_quantises_every_linear_layer(tiny_dir: Path) -> None:
     assert decoded.loop_cut
 
 
-async def test_loads_a_repo_id_from_the_hf_cache(tiny_dir: Path, tmp_path: Path) -> None:
-    from tests.test_glm_local_model import hf_cache
+def hf_cache(cache: Path, repo: str, files_from: Path) -> Path:
+    """Lay ``files_from`` out as the Hugging Face hub cache stores a downloaded snapshot."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    base = cache / f"models--{repo.replace('/', '--')}"
+    snap = base / "snapshots" / commit
+    snap.mkdir(parents=True)
+    for f in files_from.iterdir():
+        (snap / f.name).write_bytes(f.read_bytes())
+    (base / "refs").mkdir()
+    (base / "refs" / "main").write_text(commit)
+    return snap
 
+
+def test_repo_id_resolves_from_the_hf_cache(tiny_dir: Path, tmp_path: Path) -> None:
+    snap = hf_cache(tmp_path / "hub", "zai-org/GLM-ASR-Nano-2512", tiny_dir)
+    found = resolve_model_dir("zai-org/GLM-ASR-Nano-2512", cache_dir=tmp_path / "hub")
+    assert found == snap
+
+
+async def test_loads_a_repo_id_from_the_hf_cache(tiny_dir: Path, tmp_path: Path) -> None:
     snap = hf_cache(tmp_path / "hub", "someone/glm-tiny", tiny_dir)
     endpoint = STTEndpoint(
         id="glm-cached",

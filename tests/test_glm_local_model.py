@@ -258,25 +258,6 @@ def test_unreadable_config(tmp_path: Path, text: str) -> None:
         check_model_dir(root)
 
 
-def hf_cache(cache: Path, repo: str, files_from: Path) -> Path:
-    """Lay ``files_from`` out as the Hugging Face hub cache stores a downloaded snapshot."""
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    base = cache / f"models--{repo.replace('/', '--')}"
-    snap = base / "snapshots" / commit
-    snap.mkdir(parents=True)
-    for f in files_from.iterdir():
-        (snap / f.name).write_bytes(f.read_bytes())
-    (base / "refs").mkdir()
-    (base / "refs" / "main").write_text(commit)
-    return snap
-
-
-def test_repo_id_resolves_from_the_hf_cache(tmp_path: Path) -> None:
-    snap = hf_cache(tmp_path / "hub", "zai-org/GLM-ASR-Nano-2512", fake_checkpoint(tmp_path / "c"))
-    found = resolve_model_dir("zai-org/GLM-ASR-Nano-2512", cache_dir=tmp_path / "hub")
-    assert found == snap
-
-
 def test_repo_id_missing_from_the_cache_says_how_to_get_it(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         resolve_model_dir("zai-org/GLM-ASR-Nano-2512", cache_dir=tmp_path)
