@@ -24,6 +24,7 @@ from sttrouter.errors import ConfigError, MissingDependency
 from sttrouter.testing._faults import FaultKind, FaultPlan
 
 __all__ = [
+    "FakeStreamSession",
     "FakeVendorServer",
     "ScriptPlayer",
     "ScriptedUtterance",
@@ -300,6 +301,62 @@ def vendor_faults(
             wire = attrs.evolve(wire, after=f.after, http_status=None)
         out.append(attrs.evolve(wire, session=f.stream))
     return tuple(out)
+
+
+class FakeStreamSession:
+    """What every fake vendor stream shares: its script player, its faults and when they fire.
+
+    A vendor's session subclasses it and supplies :attr:`MALFORMED` (a truncated message in
+    the vendor's shape) and :meth:`reject` (how the vendor reports an error and closes).
+    """
+
+    MALFORMED = "{"
+
+    def __init__(
+        self, script: Sequence[ScriptedUtterance], faults: Sequence[ServerFault], index: int,
+        ws: Any, record: SessionRecord, bytes_per_second: int,
+    ) -> None:  # fmt: skip
+        self.ws = ws
+        self.record = record
+        self.index = index
+        self.player = ScriptPlayer(script)
+        self.faults = [f for f in faults if f.after is not None and f.applies_to(index)]
+        self.bytes_per_second = bytes_per_second
+        self.stalled = False
+        self.empty = False
+
+    @property
+    def seconds(self) -> float:
+        """Seconds of audio this stream has received."""
+        return self.record.audio_bytes / self.bytes_per_second
+
+    async def reject(self, code: int, reason: str, *, in_band: bool) -> None:
+        raise NotImplementedError
+
+    async def check_faults(self) -> bool:
+        """Fire the faults now due; False once one has ended the session."""
+        for fault in list(self.faults):
+            assert fault.after is not None
+            if self.seconds + 1e-9 < fault.after:
+                continue
+            self.faults.remove(fault)
+            if not await self.apply(fault):
+                return False
+        return True
+
+    async def apply(self, fault: ServerFault) -> bool:
+        if fault.stall:
+            self.stalled = True
+        if fault.empty:
+            self.empty = True
+        if fault.malformed:
+            await self.ws.send_text(self.MALFORMED)
+        if fault.text is not None:
+            await self.ws.send_text(fault.text)
+        if fault.close_code is not None:
+            await self.reject(fault.close_code, fault.reason, in_band=fault.in_band)
+            return False
+        return True
 
 
 class FakeVendorServer:

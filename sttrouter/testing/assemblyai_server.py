@@ -38,12 +38,12 @@ from typing import Any
 from sttrouter.errors import MalformedResponse
 from sttrouter.providers import _assemblyai_wire as aai
 from sttrouter.testing._fake_server import (
+    FakeStreamSession,
     FakeVendorServer,
     FaultsInput,
     RequestRecord,
     ScriptedUtterance,
     ScriptInput,
-    ScriptPlayer,
     ServerFault,
     SessionRecord,
     UtteranceDone,
@@ -90,26 +90,23 @@ def _aai_words(utt: ScriptedUtterance, count: int, *, formatted: bool) -> tuple[
     )
 
 
-class _Session:
+class _Session(FakeStreamSession):
     """One ``/v3/ws`` stream."""
 
+    MALFORMED = '{"type": "Turn", "transcript": '
+
     def __init__(self, server: FakeAssemblyAIServer, ws: Any, record: SessionRecord) -> None:
-        self.server = server
-        self.ws = ws
-        self.record = record
-        self.player = ScriptPlayer(server.script)
-        self.index = len(server.sessions) - 1
-        self.faults = [f for f in server.faults if f.after is not None and f.applies_to(self.index)]
-        self.format_turns = aai.parse_bool(record.query.get("format_turns", "false"))
         self.sample_rate = int(record.query.get("sample_rate", "16000"))
-        self.bytes_per_second = 2 * self.sample_rate
-        self.stalled = False
-        self.empty = False
+        super().__init__(
+            server.script, server.faults, len(server.sessions) - 1, ws, record,
+            2 * self.sample_rate,
+        )  # fmt: skip
+        self.server = server
+        self.format_turns = aai.parse_bool(record.query.get("format_turns", "false"))
         self.started = time.monotonic()
 
-    @property
-    def seconds(self) -> float:
-        return self.record.audio_bytes / self.bytes_per_second
+    async def reject(self, code: int, reason: str, *, in_band: bool) -> None:
+        await self.error(code, reason, in_band=in_band)
 
     async def send(self, msg: aai.ServerMessage) -> None:
         if not self.stalled:
@@ -160,30 +157,6 @@ class _Session:
         self.record.audio_bytes += len(data)
         await self.play(self.player.advance(self.seconds))
         return await self.check_faults()
-
-    async def check_faults(self) -> bool:
-        for fault in list(self.faults):
-            assert fault.after is not None
-            if self.seconds + 1e-9 < fault.after:
-                continue
-            self.faults.remove(fault)
-            if not await self.apply(fault):
-                return False
-        return True
-
-    async def apply(self, fault: ServerFault) -> bool:
-        if fault.stall:
-            self.stalled = True
-        if fault.empty:
-            self.empty = True
-        if fault.malformed:
-            await self.ws.send_text('{"type": "Turn", "transcript": ')
-        if fault.text is not None:
-            await self.ws.send_text(fault.text)
-        if fault.close_code is not None:
-            await self.error(fault.close_code, fault.reason, in_band=fault.in_band)
-            return False
-        return True
 
     async def control(self, text: str) -> bool:
         try:

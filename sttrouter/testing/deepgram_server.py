@@ -36,12 +36,12 @@ from typing import Any
 from sttrouter.errors import MalformedResponse
 from sttrouter.providers import _deepgram_wire as dg
 from sttrouter.testing._fake_server import (
+    FakeStreamSession,
     FakeVendorServer,
     FaultsInput,
     RequestRecord,
     ScriptedUtterance,
     ScriptInput,
-    ScriptPlayer,
     ServerFault,
     SessionRecord,
     UtteranceDone,
@@ -80,27 +80,26 @@ def _json_response(body: str | bytes, status: int = 200) -> Any:
     return Response(body, status_code=status, media_type="application/json")
 
 
-class _Session:
+class _Session(FakeStreamSession):
     """One ``/v1/listen`` stream: audio in, scripted messages out."""
 
+    MALFORMED = '{"type": "Results", "channel": '
+
     def __init__(self, server: FakeDeepgramServer, ws: Any, record: SessionRecord) -> None:
-        self.server = server
-        self.ws = ws
-        self.record = record
         self.options = dg.ListenOptions.from_query(record.query)
-        self.player = ScriptPlayer(server.script)
-        self.index = len(server.sessions) - 1
-        self.faults = [f for f in server.faults if f.after is not None and f.applies_to(self.index)]
-        self.stalled = False
-        self.empty = False
+        super().__init__(
+            server.script, server.faults, len(server.sessions) - 1, ws, record,
+            2 * self.options.channels * self.options.sample_rate,
+        )  # fmt: skip
+        self.server = server
         self.request_id = str(uuid.uuid4())
         self.pending_utterance_end: float | None = None
         self._last_word_end = 0.0
-        self.bytes_per_second = 2 * self.options.channels * self.options.sample_rate
 
-    @property
-    def seconds(self) -> float:
-        return self.record.audio_bytes / self.bytes_per_second
+    async def reject(self, code: int, reason: str, *, in_band: bool) -> None:
+        if in_band:
+            await self.send(dg.Error(description=reason, variant="ServerError"))
+        await self.close(code, reason)
 
     async def send(self, msg: dg.ServerMessage) -> None:
         if not self.stalled:
@@ -180,32 +179,6 @@ class _Session:
             self.pending_utterance_end = None
             await self.send(dg.UtteranceEnd(last_word_end=self._last_word_end))
         return await self.check_faults()
-
-    async def check_faults(self) -> bool:
-        for fault in list(self.faults):
-            assert fault.after is not None
-            if self.seconds + 1e-9 < fault.after:
-                continue
-            self.faults.remove(fault)
-            if not await self.apply(fault):
-                return False
-        return True
-
-    async def apply(self, fault: ServerFault) -> bool:
-        if fault.stall:
-            self.stalled = True
-        if fault.empty:
-            self.empty = True
-        if fault.malformed:
-            await self.ws.send_text('{"type": "Results", "channel": ')
-        if fault.text is not None:
-            await self.ws.send_text(fault.text)
-        if fault.close_code is not None:
-            if fault.in_band:
-                await self.send(dg.Error(description=fault.reason, variant="ServerError"))
-            await self.close(fault.close_code, fault.reason)
-            return False
-        return True
 
     async def control(self, text: str) -> bool:
         try:
