@@ -467,11 +467,11 @@ def glm_local_endpoint(
     options["dtype"] = dtype
     precision = parse_precision(dtype, endpoint=id)
     params = NANO_2512
-    if model_dir is not None and any(
-        (Path(model_dir) / name).is_file()
-        for name in ("model.safetensors", "model.safetensors.index.json")
+    root = None if model_dir is None else Path(model_dir).expanduser()
+    if root is not None and any(
+        (root / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json")
     ):
-        params = ParameterCount.from_safetensors(model_dir)
+        params = ParameterCount.from_safetensors(root)
     defaults: dict[str, Any] = {
         "provider": Provider.GLM_LOCAL,
         "location": Location.ON_DEVICE,
