@@ -222,7 +222,9 @@ class STTEndpoint:
         expected_latency_ms: typical final latency.
         reliability_score: 0..1, a prior used to break ties.
         cost_per_hour: price of one hour of audio (``Decimal``).
-        supports_streaming: whether it streams natively (a segmenter can make any engine stream).
+        supports_streaming: whether it can serve a streaming session, natively or through
+            the segmenter (as ``glm_server`` and ``glm_local`` do); the router offers a
+            ``False`` endpoint only to batch decisions (``streaming=False``).
         supported_languages: lower-case BCP-47 codes; empty means any language.
         needs_network: the device must be online to use it.
         min_tier: weakest device tier that can use it (on-device engines).
