@@ -33,7 +33,9 @@ Overflow: if no final arrives for ``replay_seconds`` (default 30 s) the oldest a
 from the buffer and an ``overflow`` event is emitted. That audio has already been sent to the
 live endpoint, so nothing is lost unless that endpoint then fails before finalising it; in that
 case the span is reported as an ``overflow`` event with its ``interval`` and appended to
-:attr:`RoutedSession.uncovered`, and the stream continues on the next endpoint.
+:attr:`RoutedSession.uncovered`, and the stream continues on the next endpoint;
+``stop_streaming`` then raises :class:`~sttrouter.errors.NoEndpointAvailable` naming the first
+lost span (unless ``SessionConfig.raise_on_lost_audio`` is off).
 """
 
 from __future__ import annotations
@@ -126,6 +128,10 @@ class SessionConfig:
         switch_back: move to a recovered higher-priority endpoint at utterance boundaries.
         retry_failed_after: an endpoint that failed in this session is used again (switch-back
             or failover) only after this long, and only if its breaker and health allow.
+        raise_on_lost_audio: when audio that overflowed the replay buffer could not be replayed
+            after a failover, the stream carries on, and ``stop_streaming`` then raises
+            :class:`~sttrouter.errors.NoEndpointAvailable` naming the first lost span (all of
+            them are in ``session.uncovered``). ``False`` only records them.
     """
 
     replay_seconds: float = attrs.field(default=30.0, validator=_positive)
@@ -137,6 +143,7 @@ class SessionConfig:
     replay_chunk_seconds: float = attrs.field(default=0.1, validator=_positive)
     switch_back: bool = True
     retry_failed_after: float = attrs.field(default=30.0, validator=_positive)
+    raise_on_lost_audio: bool = True
 
 
 @attrs.frozen
@@ -441,7 +448,20 @@ class RoutedSession(BaseSTTService):
                 leg = self._leg
                 assert leg is not None
                 if await self._finish_leg(leg):
+                    self._raise_if_audio_lost()
                     return
+
+    def _raise_if_audio_lost(self) -> None:
+        """Invariant 1: audio no final covers reaches the caller as an error, not silence."""
+        if not self.uncovered or not self.config.raise_on_lost_audio:
+            return
+        more = len(self.uncovered) - 1
+        raise NoEndpointAvailable(
+            "audio that overflowed the replay buffer could not be replayed after a failover"
+            + (f" ({more} more span(s) in session.uncovered)" if more else "")
+            + "; raise SessionConfig.replay_seconds for engines that finalise rarely",
+            uncovered=self.uncovered[0],
+        )
 
     async def _abort(self) -> None:
         self._finishing = True

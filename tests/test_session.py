@@ -376,18 +376,34 @@ async def _never() -> None:
     raise OSError("down")
 
 
-async def test_overflow_drops_oldest_and_reports_uncovered_on_failover() -> None:
-    clock = FakeClock()
+def _overflowing_session(clock: FakeClock, *, strict: bool) -> RoutedSession:
     a = FakeSTTService(
         fake_endpoint("a"), clock=clock, faults=FaultPlan.drop_after(2.3), endpoint_silence=9.0
     )
     b = FakeSTTService(fake_endpoint("b"), clock=clock)
-    s = RoutedSession(
+    return RoutedSession(
         [a.endpoint, b.endpoint],
         service_factory=fakes(clock, a, b),
         clock=clock,
-        config=SessionConfig(replay_seconds=1.0, stall_timeout=60.0),
+        config=SessionConfig(replay_seconds=1.0, stall_timeout=60.0, raise_on_lost_audio=strict),
     )
+
+
+async def test_lost_audio_from_an_overflow_is_raised_at_stop() -> None:
+    clock = FakeClock()
+    s = _overflowing_session(clock, strict=True)
+    run = await drive(clock, s, SPEECH)
+    assert isinstance(run.error, NoEndpointAvailable)
+    assert run.error.uncovered == pytest.approx((0.0, 1.3))
+    assert "replay_seconds" in str(run.error)
+    # everything after the lost span was still transcribed before the error
+    words = [w.word for r in run.finals for w in r.words]
+    assert words == [w for w, start, _ in SPEECH.words if start >= 1.3 - 1e-9]
+
+
+async def test_overflow_drops_oldest_and_reports_uncovered_on_failover() -> None:
+    clock = FakeClock()
+    s = _overflowing_session(clock, strict=False)
     run = await drive(clock, s, SPEECH)
     kinds = run.kinds()
     assert kinds[:2] == ["selected", "overflow"]  # one event per episode, not per chunk
