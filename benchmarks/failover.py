@@ -187,22 +187,25 @@ async def main() -> int:
         f"(c) CPU per chunk through RoutedSession + engine: {r * 1e6:.2f} us -> one core "
         f"saturates at about {capacity} streams of 20 ms chunks (direct: {int(0.02 / d)})"
     )
-    carried = 0
+    carried = carried_added = 0  # strict: routed p99 <= 10 ms; the goal: p99 *added* <= 10 ms
     for k in (250, 500, 1000, 1250, 1500, 2000):
         late_d = await paced(k, seconds, routed=False)
         late_r = await paced(k, seconds, routed=True)
         p99_r, p99_d = pct(late_r, 99) * 1e3, pct(late_d, 99) * 1e3
-        ok = p99_r <= 10.0
+        ok, added_ok = p99_r <= 10.0, p99_r - p99_d <= 10.0
         print(
             f"    {k:5d} real-time streams: p99 lateness routed {p99_r:.2f} ms, direct "
             f"{p99_d:.2f} ms (added {p99_r - p99_d:+.2f} ms)  {'ok' if ok else 'over 10 ms'}"
         )
-        if not ok:
+        if ok and carried == carried_added:
+            carried = k
+        if not added_ok:
             break
-        carried = k
+        carried_added = k
+    print(f"    streams carried with routed p99 <= 10 ms: {carried}")
     print(
-        f"    streams carried with p99 <= 10 ms: {carried} (goal >= 1000: "
-        f"{'met' if carried >= 1000 else 'MISSED'})"
+        f"    streams carried with p99 added by RoutedSession <= 10 ms: {carried_added} "
+        f"(goal >= 1000: {'met' if carried_added >= 1000 else 'MISSED'})"
     )
     return 0
 
