@@ -18,6 +18,8 @@ from typing import Any, Final
 import attrs
 
 from sttrouter.errors import MalformedResponse
+from sttrouter.providers._json_wire import ClientMessage, Unknown, load_object, number
+from sttrouter.providers._json_wire import parse_client_message as _parse_client
 
 __all__ = [
     "CLIENT_MESSAGE_TYPES",
@@ -104,40 +106,11 @@ class Error:
     error_code: int | None = None
 
 
-@attrs.frozen
-class Unknown:
-    type: str
-    raw: Mapping[str, Any] = attrs.field(factory=dict)
-
-
 ServerMessage = Begin | Turn | Termination | SpeechStarted | Error | Unknown
 
 
-@attrs.frozen
-class ClientMessage:
-    """``Terminate``, ``ForceEndpoint``, ``KeepAlive`` or ``UpdateConfiguration``."""
-
-    type: str
-    fields: Mapping[str, Any] = attrs.field(factory=dict)
-
-
-def _load(data: str | bytes | Mapping[str, Any], what: str) -> Mapping[str, Any]:
-    if isinstance(data, Mapping):
-        return data
-    try:
-        obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise MalformedResponse(f"{what} is not JSON: {str(data)[:80]!r}") from exc
-    if not isinstance(obj, dict):
-        raise MalformedResponse(f"{what} is not a JSON object: {str(data)[:80]!r}")
-    return obj
-
-
 def _int(obj: Mapping[str, Any], key: str, default: int | None = None) -> int:
-    value = obj.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise MalformedResponse(f"AssemblyAI message field {key!r} is {value!r}, not a number")
-    return int(value)
+    return int(number(obj, key, "AssemblyAI", default))
 
 
 def _parse_word(w: Mapping[str, Any]) -> Word:
@@ -152,7 +125,7 @@ def _parse_word(w: Mapping[str, Any]) -> Word:
 
 def parse_server_message(data: str | bytes | Mapping[str, Any]) -> ServerMessage:
     """Parse one server text message; wrong field types raise ``MalformedResponse``."""
-    obj = _load(data, "AssemblyAI message")
+    obj = load_object(data, "AssemblyAI message")
     kind = obj.get("type")
     if kind == "Begin":
         return Begin(id=str(obj.get("id") or ""), expires_at=_int(obj, "expires_at", 0))
@@ -221,11 +194,7 @@ def serialize_server_message(msg: ServerMessage) -> str:
 
 def parse_client_message(text: str | bytes) -> ClientMessage:
     """Parse a client text message; an unknown ``type`` raises ``MalformedResponse``."""
-    obj = _load(text, "AssemblyAI client message")
-    kind = obj.get("type")
-    if kind not in CLIENT_MESSAGE_TYPES:
-        raise MalformedResponse(f"unknown AssemblyAI client message type {kind!r}")
-    return ClientMessage(str(kind), {k: v for k, v in obj.items() if k != "type"})
+    return _parse_client(text, "AssemblyAI", CLIENT_MESSAGE_TYPES)
 
 
 def serialize_client_message(msg: ClientMessage) -> str:
@@ -322,7 +291,7 @@ class Transcript:
 
 
 def parse_transcript(data: str | bytes | Mapping[str, Any]) -> Transcript:
-    obj = _load(data, "AssemblyAI transcript")
+    obj = load_object(data, "AssemblyAI transcript")
     if "status" not in obj:
         raise MalformedResponse("AssemblyAI transcript has no status")
     return Transcript(

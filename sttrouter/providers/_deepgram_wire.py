@@ -19,6 +19,8 @@ import attrs
 
 from sttrouter.errors import MalformedResponse
 from sttrouter.providers._cloud import as_bool, as_int
+from sttrouter.providers._json_wire import ClientMessage, Unknown, load_object, number
+from sttrouter.providers._json_wire import parse_client_message as _parse_client
 
 __all__ = [
     "CLIENT_MESSAGE_TYPES",
@@ -126,45 +128,14 @@ class Error:
     message: str | None = None
 
 
-@attrs.frozen
-class Unknown:
-    """A message whose ``type`` this module does not know (newer servers send more)."""
-
-    type: str
-    raw: Mapping[str, Any] = attrs.field(factory=dict)
-
-
 ServerMessage = Results | Metadata | UtteranceEnd | SpeechStarted | Error | Unknown
-
-
-@attrs.frozen
-class ClientMessage:
-    """A client control message: ``KeepAlive``, ``Finalize``, ``CloseStream`` or ``Configure``."""
-
-    type: str
-    fields: Mapping[str, Any] = attrs.field(factory=dict)
 
 
 # -- server messages ----------------------------------------------------------------------
 
 
-def _load(data: str | bytes | Mapping[str, Any], what: str) -> Mapping[str, Any]:
-    if isinstance(data, Mapping):
-        return data
-    try:
-        obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise MalformedResponse(f"{what} is not JSON: {str(data)[:80]!r}") from exc
-    if not isinstance(obj, dict):
-        raise MalformedResponse(f"{what} is not a JSON object: {str(data)[:80]!r}")
-    return obj
-
-
 def _num(obj: Mapping[str, Any], key: str, default: float | None = None) -> float:
-    value = obj.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise MalformedResponse(f"Deepgram message field {key!r} is {value!r}, not a number")
-    return float(value)
+    return number(obj, key, "Deepgram", default)
 
 
 def _opt_num(obj: Mapping[str, Any], key: str) -> float | None:
@@ -199,7 +170,7 @@ def parse_server_message(data: str | bytes | Mapping[str, Any]) -> ServerMessage
     Missing optional fields take their defaults, like the SDK's unchecked models; a field of
     the wrong type raises :class:`~sttrouter.errors.MalformedResponse`.
     """
-    obj = _load(data, "Deepgram message")
+    obj = load_object(data, "Deepgram message")
     kind = obj.get("type")
     if kind == "Results":
         alt = _first_alternative(obj)
@@ -331,11 +302,7 @@ def parse_client_message(text: str | bytes) -> ClientMessage:
 
     (A real server answers those with an ``Error`` of variant ``SchemaError``.)
     """
-    obj = _load(text, "Deepgram client message")
-    kind = obj.get("type")
-    if kind not in CLIENT_MESSAGE_TYPES:
-        raise MalformedResponse(f"unknown Deepgram client message type {kind!r}")
-    return ClientMessage(str(kind), {k: v for k, v in obj.items() if k != "type"})
+    return _parse_client(text, "Deepgram", CLIENT_MESSAGE_TYPES)
 
 
 def serialize_client_message(msg: ClientMessage) -> str:
@@ -370,7 +337,7 @@ class PrerecordedResponse:
 
 
 def parse_prerecorded(data: str | bytes | Mapping[str, Any]) -> PrerecordedResponse:
-    obj = _load(data, "Deepgram prerecorded response")
+    obj = load_object(data, "Deepgram prerecorded response")
     meta = obj.get("metadata") or {}
     results = obj.get("results") or {}
     channels: list[Channel] = []
