@@ -373,6 +373,14 @@ class FakeVendorServer:
         self._task: asyncio.Task[None] | None = None
         self._socket: socket.socket | None = None
         self.port = 0
+        self.faults: tuple[ServerFault, ...] = ()
+
+    def _handshake_fault(self, session: int | None = None) -> ServerFault | None:
+        """The fault at connect for streaming session ``session`` (``None``: a REST call)."""
+        return next(
+            (f for f in self.faults if f.after is None and f.session in (None, session)),
+            None,
+        )
 
     def routes(self) -> list[Any]:
         raise NotImplementedError

@@ -224,13 +224,6 @@ class FakeAssemblyAIServer(FakeVendorServer):
     def _authorized(self, headers: Any) -> bool:
         return self.api_key is None or headers.get("authorization", "") == self.api_key
 
-    def _handshake_fault(self, session: int | None = None) -> ServerFault | None:
-        """The fault at connect for streaming session ``session`` (``None``: a REST call)."""
-        return next(
-            (f for f in self.faults if f.after is None and f.session in (None, session)),
-            None,
-        )
-
     def routes(self) -> list[Any]:
         from starlette.routing import Route, WebSocketRoute
 

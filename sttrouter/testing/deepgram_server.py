@@ -244,13 +244,6 @@ class FakeDeepgramServer(FakeVendorServer):
         scheme, _, token = auth.partition(" ")
         return scheme.lower() in ("token", "bearer") and token == self.api_key
 
-    def _handshake_fault(self, session: int | None = None) -> ServerFault | None:
-        """The fault at connect for streaming session ``session`` (``None``: a REST call)."""
-        return next(
-            (f for f in self.faults if f.after is None and f.session in (None, session)),
-            None,
-        )
-
     def routes(self) -> list[Any]:
         from starlette.routing import Route, WebSocketRoute
 
