@@ -149,6 +149,8 @@ def test_cli_faults_text(capsys: pytest.CaptureFixture[str], short_trace: str) -
     assert "faults executed" in out
     assert "words transcribed exactly once" in out
     assert "StreamStalled" in out
+    assert "(executed below)" in out
+    assert "not executed here" not in out
 
 
 def test_cli_faults_json(capsys: pytest.CaptureFixture[str], short_trace: str) -> None:

@@ -85,8 +85,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"    chain:  {chain}")
         for eid, reason in decision.skipped().items():
             print(f"    out:    {eid}: {decision.describe(eid) or reason}")
+        executed = "executed below" if getattr(args, "faults", False) else "not executed here"
         for fault in trace.faults_during(start, end):
-            print(f"    fault:  {fault.describe(trace.duration)} (declared; not executed here)")
+            print(f"    fault:  {fault.describe(trace.duration)} ({executed})")
     if getattr(args, "faults", False):
         from sttrouter.simulate_faults import format_report
 
