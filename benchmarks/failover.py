@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from sttrouter.audio import ENGINE_FORMAT
-from sttrouter.panel.endpoint import STTEndpoint
+from sttrouter.endpoint import STTEndpoint
 from sttrouter.service import BaseSTTService
 from sttrouter.session import RoutedSession
 from sttrouter.testing import FakeSTTService, fake_endpoint, synthetic_speech

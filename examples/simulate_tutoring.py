@@ -31,6 +31,7 @@ from typing import Any
 import attrs
 
 from sttrouter.audio import ENGINE_FORMAT
+from sttrouter.endpoint import STTEndpoint
 from sttrouter.errors import NoEndpointAvailable, STTError
 from sttrouter.events import RouteEvent, RouteEventKind
 from sttrouter.panel import (
@@ -42,7 +43,6 @@ from sttrouter.panel import (
     Router,
     default_registry,
 )
-from sttrouter.panel.endpoint import STTEndpoint
 from sttrouter.session import RoutedSession, SessionConfig
 from sttrouter.simulate import FaultSpec, FaultType, Trace, format_time
 from sttrouter.testing import (

@@ -18,9 +18,9 @@ from collections.abc import Mapping
 import anyio
 import pytest
 
+from sttrouter.endpoint import STTEndpoint
 from sttrouter.errors import NoEndpointAvailable, STTError
 from sttrouter.events import RouteEventKind
-from sttrouter.panel.endpoint import STTEndpoint
 from sttrouter.results import STTResult
 from sttrouter.session import RoutedSession, SessionConfig
 from sttrouter.testing import FakeClock, FakeSTTService, FaultPlan, SyntheticSpeech, fake_endpoint

@@ -5,6 +5,7 @@ that loses no audio.
 
 from sttrouter.audio import ENGINE_FORMAT, AudioConverter, AudioFormat, Encoding, read_audio
 from sttrouter.clock import Clock, SystemClock
+from sttrouter.endpoint import ConnectionConfig, Location, Provider, STTEndpoint
 from sttrouter.errors import (
     AlreadyStreaming,
     AudioFormatError,
@@ -31,7 +32,6 @@ from sttrouter.errors import (
 from sttrouter.events import RouteEvent, RouteEventKind
 from sttrouter.metrics import STTMetrics
 from sttrouter.panel.device import Conditions, DeviceTier, NetworkStatus, ThermalState
-from sttrouter.panel.endpoint import ConnectionConfig, Location, Provider, STTEndpoint
 from sttrouter.panel.policy import Policy, Rule
 from sttrouter.panel.registry import EndpointRegistry
 from sttrouter.panel.router import Decision, Router, SkipReason, Verdict

@@ -21,7 +21,8 @@ Every error carries a :class:`ErrorKind` that tells a router what to do with it:
         ├── ConfigError                         a bad endpoint, registry or policy file
         ├── MissingDependency                   an optional extra is not installed
         ├── NotStreaming                        send/stop without start
-        └── AlreadyStreaming                    start while a stream runs
+        ├── AlreadyStreaming                    start while a stream runs
+        └── UnsupportedOption                   a stream option this engine cannot honour
 
 Errors raised by vendor SDKs or sockets are translated into the most specific class at one
 boundary per adapter, always with ``raise ... from exc`` so the cause stays visible.
@@ -53,6 +54,7 @@ __all__ = [
     "StreamStalled",
     "StreamingFailed",
     "TransientError",
+    "UnsupportedOption",
 ]
 
 
@@ -249,3 +251,26 @@ class NotStreaming(CallerError):
 
 class AlreadyStreaming(CallerError):
     """``start_streaming`` was called while a stream was already running on this service."""
+
+
+class UnsupportedOption(CallerError):
+    """A per-stream option (:class:`~sttrouter.options.StreamOptions`) the engine cannot honour.
+
+    A routed session treats it as "this endpoint cannot serve this stream" and moves on to the
+    next endpoint of its chain; the caller sees it only when no endpoint of the chain can
+    honour the options.
+
+    Args:
+        option: the option's name (``"language"``, ``"keywords"``, ...).
+        value: the value asked for.
+        endpoint_id: the endpoint that refused it.
+    """
+
+    def __init__(self, option: str, value: object, *, endpoint_id: str | None = None) -> None:
+        super().__init__(
+            f"this engine cannot honour the stream option {option}={value!r}; leave it unset "
+            "or route to an endpoint that supports it",
+            endpoint_id=endpoint_id,
+        )
+        self.option = option
+        self.value = value

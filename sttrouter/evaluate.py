@@ -40,9 +40,9 @@ import attrs
 
 from sttrouter.audio import AudioFormat, read_audio
 from sttrouter.clock import SYSTEM_CLOCK, Clock
+from sttrouter.endpoint import STTEndpoint
 from sttrouter.errors import ConfigError, MissingDependency, STTError
 from sttrouter.metrics import cost_for
-from sttrouter.panel.endpoint import STTEndpoint
 from sttrouter.results import STTResult, Transcript
 from sttrouter.service import STTService, iter_chunks
 

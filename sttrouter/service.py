@@ -3,12 +3,19 @@
 :class:`STTService` is the protocol (a port of UnaMentis' Swift ``STTServiceProtocol``).
 :class:`BaseSTTService` owns everything that is not engine-specific: the state machine, the
 bounded result channel, input validation and conversion, latency/cost metrics, background tasks
-and error translation. An adapter writes four hooks::
+and error translation. An adapter writes four hooks, and a fifth where the engine can be
+told to finalise::
 
     async def _open(self) -> None            # connect; raise an STTError when it cannot
     async def _send(self, pcm: bytes) -> None  # audio already in self.engine_format
     async def _finish(self) -> None          # flush, emit the last results, close
     async def _abort(self) -> None           # close now
+    async def _finalize(self) -> None        # force the current utterance's final
+
+The stream's :class:`~sttrouter.options.StreamOptions` are in ``self.stream_options`` during
+``_open``; the options an adapter honours are listed in ``supported_options`` (data, checked
+by the base class before ``_open``, which raises
+:class:`~sttrouter.errors.UnsupportedOption` for the rest).
 
 and reports results with ``await self._emit(result)`` (times on its own stream's timeline,
 0 = first sample of this stream) and failures with ``self._fail(error)``. Long-running receive
@@ -32,15 +39,17 @@ import attrs
 
 from sttrouter.audio import ENGINE_FORMAT, AudioChunk, AudioConverter, AudioFormat, read_audio
 from sttrouter.clock import SYSTEM_CLOCK, Clock
+from sttrouter.endpoint import STTEndpoint
 from sttrouter.errors import (
     AlreadyStreaming,
     AudioFormatError,
     NotStreaming,
     StreamingFailed,
     STTError,
+    UnsupportedOption,
 )
 from sttrouter.metrics import STTMetrics
-from sttrouter.panel.endpoint import STTEndpoint
+from sttrouter.options import StreamOptions
 from sttrouter.results import STTResult, Transcript
 
 __all__ = [
@@ -48,6 +57,7 @@ __all__ = [
     "AudioStream",
     "BaseSTTService",
     "STTService",
+    "ServiceFactory",
     "iter_chunks",
     "load_input",
     "stream_transcribe",
@@ -78,10 +88,12 @@ class STTService(Protocol):
     def is_streaming(self) -> bool: ...
 
     async def start_streaming(
-        self, audio_format: AudioFormat = ENGINE_FORMAT
+        self, audio_format: AudioFormat = ENGINE_FORMAT, options: StreamOptions | None = None
     ) -> AsyncIterator[STTResult]:
         """Open a stream; iterate the returned iterator for results.
 
+        ``options`` (language, keywords, prompt, interim results, punctuation) are honoured
+        or refused with :class:`~sttrouter.errors.UnsupportedOption` here, never ignored.
         The iterator ends after ``stop_streaming`` delivered the last final, and raises the
         stream's :class:`~sttrouter.errors.STTError` if the engine failed.
         """
@@ -89,6 +101,14 @@ class STTService(Protocol):
 
     async def send_audio(self, chunk: AudioChunk) -> None:
         """Send one chunk in the format given to ``start_streaming``."""
+        ...
+
+    async def finalize(self) -> None:
+        """Force a final for the audio sent so far without ending the stream.
+
+        Deepgram's ``Finalize``, AssemblyAI's ``ForceEndpoint``, a segment cut for batch
+        engines. Safe to call when nothing is open (then it does nothing).
+        """
         ...
 
     async def stop_streaming(self) -> STTResult | None:
@@ -114,6 +134,11 @@ class STTService(Protocol):
     async def probe(self) -> None:
         """Check the engine is reachable without billing a transcription; raise if not."""
         ...
+
+
+ServiceFactory = Callable[[STTEndpoint], STTService]
+"""Builds a fresh service for one endpoint stream (what a routed session and a routing
+context use; :func:`sttrouter.providers.create_service` with a clock bound is the default)."""
 
 
 class _State(enum.Enum):
@@ -171,8 +196,11 @@ class ResultChannel:
 class _Stream:
     """Everything that belongs to one stream of a service."""
 
-    def __init__(self, source: AudioFormat, target: AudioFormat, buffer: int) -> None:
+    def __init__(
+        self, source: AudioFormat, target: AudioFormat, buffer: int, options: StreamOptions
+    ) -> None:
         self.send = ResultChannel(buffer)
+        self.options = options
         self.source = source
         self.target = target
         self.converter = AudioConverter(source, target)
@@ -259,6 +287,9 @@ class BaseSTTService:
 
     engine_format: AudioFormat = ENGINE_FORMAT
     result_buffer: int = 1024
+    supported_options: frozenset[str] = frozenset()
+    """Stream options (names from :data:`sttrouter.options.OPTION_NAMES`) this engine honours;
+    ``language`` is further checked against the endpoint's ``supported_languages``."""
 
     def __init__(self, endpoint: STTEndpoint, *, clock: Clock | None = None) -> None:
         self.endpoint = endpoint
@@ -283,16 +314,31 @@ class BaseSTTService:
     def is_streaming(self) -> bool:
         return self._state is not _State.IDLE
 
+    @property
+    def stream_options(self) -> StreamOptions:
+        """The options of the current stream (defaults when none is running)."""
+        return self._stream.options if self._stream is not None else _DEFAULT_OPTIONS
+
+    def check_options(self, options: StreamOptions) -> None:
+        """Raise :class:`UnsupportedOption` for the first option this engine cannot honour."""
+        for name, value in options.requested().items():
+            if name not in self.supported_options:
+                raise UnsupportedOption(name, value, endpoint_id=self.endpoint.id)
+        if not self.endpoint.supports_language(options.language):
+            raise UnsupportedOption("language", options.language, endpoint_id=self.endpoint.id)
+
     async def start_streaming(
-        self, audio_format: AudioFormat = ENGINE_FORMAT
+        self, audio_format: AudioFormat = ENGINE_FORMAT, options: StreamOptions | None = None
     ) -> AsyncIterator[STTResult]:
+        options = options or _DEFAULT_OPTIONS
         if self._state is not _State.IDLE:
             raise AlreadyStreaming(
                 f"{self.endpoint.id} is already streaming; stop or cancel the current stream "
                 "first, or use one service instance per stream",
                 endpoint_id=self.endpoint.id,
             )
-        stream = _Stream(audio_format, self.engine_format, self.result_buffer)
+        self.check_options(options)
+        stream = _Stream(audio_format, self.engine_format, self.result_buffer, options)
         self._stream = stream
         self._state = _State.STREAMING
         try:
@@ -313,6 +359,15 @@ class BaseSTTService:
             stream.source.seconds(_nbytes(chunk, stream.source)), self.clock.now()
         )
         await self._push(stream, data)
+
+    async def finalize(self) -> None:
+        """Force a final for the audio sent so far; the stream stays open.
+
+        Does nothing when no stream is running or the stream already failed."""
+        stream = self._stream
+        if stream is None or self._state is not _State.STREAMING or stream.failure is not None:
+            return
+        await self._call(stream, self._finalize())
 
     async def stop_streaming(self) -> STTResult | None:
         stream = self._require_stream("stop_streaming")
@@ -376,6 +431,10 @@ class BaseSTTService:
     async def _abort(self) -> None:
         """Close immediately."""
 
+    async def _finalize(self) -> None:
+        """Ask the engine to finalise the audio sent so far (default: nothing to do, for
+        engines that finalise every chunk on their own)."""
+
     async def _transcribe(self, data: bytes, fmt: AudioFormat) -> Transcript:
         """Batch transcription; the default streams the clip through this service."""
         return await stream_transcribe(self, data, fmt)
@@ -400,6 +459,8 @@ class BaseSTTService:
         """Deliver one result (times on this stream's timeline)."""
         stream = self._stream
         if stream is None or stream.failure is not None:
+            return
+        if not result.is_final and not stream.options.interim_results:
             return
         now = self.clock.now()
         latency = result.latency
@@ -482,6 +543,9 @@ class BaseSTTService:
         if self._stream is stream:
             self._stream = None
             self._state = _State.IDLE
+
+
+_DEFAULT_OPTIONS = StreamOptions()
 
 
 def _nbytes(chunk: AudioChunk, fmt: AudioFormat) -> int:

@@ -43,7 +43,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -52,6 +52,7 @@ import attrs
 from sttrouter._replay import ReplayBuffer, chunk_has_speech
 from sttrouter.audio import ENGINE_FORMAT, AudioChunk
 from sttrouter.clock import Clock, fail_after
+from sttrouter.endpoint import Provider, STTEndpoint
 from sttrouter.errors import (
     ConfigError,
     ConnectTimeout,
@@ -66,7 +67,6 @@ from sttrouter.errors import (
 from sttrouter.events import EventListener, EventLog, RouteEvent, RouteEventKind
 from sttrouter.metrics import cost_for
 from sttrouter.panel.device import Conditions
-from sttrouter.panel.endpoint import Provider, STTEndpoint
 from sttrouter.resilience import (
     AdmissionController,
     AdmissionRefused,
@@ -78,13 +78,11 @@ from sttrouter.resilience import (
     all_available,
 )
 from sttrouter.results import STTResult, WordTimestamp
-from sttrouter.service import BaseSTTService, STTService
+from sttrouter.service import BaseSTTService, ServiceFactory, STTService
 
 __all__ = ["Decider", "EndpointUsage", "RoutedSession", "SessionConfig"]
 
 log = logging.getLogger("sttrouter.session")
-
-ServiceFactory = Callable[[STTEndpoint], STTService]
 
 
 class _Decision(Protocol):

@@ -33,10 +33,10 @@ import attrs
 import numpy as np
 
 from sttrouter.audio import ENGINE_FORMAT
+from sttrouter.endpoint import STTEndpoint
 from sttrouter.errors import ConnectionFailed, NoEndpointAvailable, StreamingFailed, STTError
 from sttrouter.events import RouteEvent, RouteEventKind
 from sttrouter.panel.device import Conditions, NetworkStatus
-from sttrouter.panel.endpoint import STTEndpoint
 from sttrouter.panel.router import Router
 from sttrouter.resilience import AvailabilityView, RetryPolicy
 from sttrouter.results import STTResult

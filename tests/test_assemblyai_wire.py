@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sttrouter.errors import MalformedResponse
-from sttrouter.providers import _assemblyai_wire as aai
 from sttrouter.providers.assemblyai import turn_to_result
+from sttrouter.wire import assemblyai as aai
 
 # Shapes from assemblyai/streaming/v3/models.py (1.8.2), values as the service sends them.
 BEGIN = {"type": "Begin", "id": "de5d9927-73a6-4be8-b52d-b4c07be37e6b", "expires_at": 1759796682}

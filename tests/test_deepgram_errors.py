@@ -15,7 +15,7 @@ from sttrouter.errors import (
     StreamingFailed,
     STTError,
 )
-from sttrouter.providers._errors import from_close_code, from_http_status, mentions_quota
+from sttrouter.wire.errors import from_close_code, from_http_status, mentions_quota
 
 
 @pytest.mark.parametrize(

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sttrouter.errors import ConfigError, MalformedResponse
-from sttrouter.providers import _deepgram_wire as dg
 from sttrouter.providers.deepgram import to_stt_result
+from sttrouter.wire import deepgram as dg
 
 # Shapes as deepgram-sdk 7.x models them (deepgram/listen/v1/types/*.py), values as a
 # live stream sends them.

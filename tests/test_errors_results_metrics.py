@@ -77,7 +77,14 @@ def test_every_public_error_is_classified() -> None:
         if isinstance(getattr(errors, name), type) and issubclass(getattr(errors, name), STTError)
     }
     abstract = {STTError, TransientError, PermanentError, CallerError}
-    assert public - abstract - {MissingDependency} == set(KINDS)
+    assert public - abstract - {MissingDependency, errors.UnsupportedOption} == set(KINDS)
+
+
+def test_unsupported_option_is_a_caller_error_naming_the_option() -> None:
+    exc = errors.UnsupportedOption("language", "fr", endpoint_id="offline")
+    assert exc.kind is ErrorKind.CALLER
+    assert (exc.option, exc.value) == ("language", "fr")
+    assert str(exc).startswith("[offline] this engine cannot honour the stream option")
 
 
 def test_endpoint_id_prefixes_the_message() -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from sttrouter.cli import main
+from sttrouter.endpoint import STTEndpoint
 from sttrouter.errors import ConfigError, MissingDependency
 from sttrouter.evaluate import (
     SCHEMA,
@@ -24,7 +25,6 @@ from sttrouter.evaluate import (
     render_chart,
     wer,
 )
-from sttrouter.panel.endpoint import STTEndpoint
 from sttrouter.testing import FakeClock, FakeSTTService, FaultPlan, fake_endpoint, synthetic_speech
 
 pytestmark = pytest.mark.anyio

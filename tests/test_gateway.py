@@ -18,6 +18,7 @@ from websockets.exceptions import ConnectionClosed
 from sttrouter.audio import read_audio
 from sttrouter.cli import build_parser
 from sttrouter.cli.serve import build_backend, build_config
+from sttrouter.endpoint import ConnectionConfig, Location, STTEndpoint
 from sttrouter.errors import (
     AuthenticationFailed,
     ConfigError,
@@ -28,11 +29,10 @@ from sttrouter.errors import (
 from sttrouter.gateway import protocol as gw
 from sttrouter.gateway._runner import AppServer
 from sttrouter.gateway.server import GatewayConfig, GatewayServer
-from sttrouter.panel.endpoint import ConnectionConfig, Location, STTEndpoint
-from sttrouter.providers import _openai_wire as wire
 from sttrouter.providers.glm_server import GLMServerSTTService
 from sttrouter.service import STTService, stream_transcribe
 from sttrouter.testing import FakeSTTService, FaultPlan, check_stt_service, synthetic_speech
+from sttrouter.wire import openai as wire
 
 pytestmark = pytest.mark.anyio
 

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 from sttrouter.audio import ENGINE_FORMAT, AudioFormat
+from sttrouter.endpoint import ConnectionConfig, STTEndpoint
 from sttrouter.errors import ConfigError, EndpointMisconfigured, MissingDependency
 from sttrouter.panel.device import Conditions
-from sttrouter.panel.endpoint import ConnectionConfig, STTEndpoint
 from sttrouter.panel.registry import EndpointRegistry
 from sttrouter.panel.router import Router, SkipReason
 from sttrouter.providers import create_service

@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
+from sttrouter.endpoint import ConnectionConfig, Location, STTEndpoint
 from sttrouter.errors import (
     AudioFormatError,
     AuthenticationFailed,
@@ -20,7 +21,6 @@ from sttrouter.errors import (
     StreamingFailed,
     StreamStalled,
 )
-from sttrouter.panel.endpoint import ConnectionConfig, Location, STTEndpoint
 from sttrouter.providers import create_service
 from sttrouter.providers.glm_server import GLMServerSTTService, OpenAITranscriptionClient
 from sttrouter.providers.segmenter import LOW_CONFIDENCE

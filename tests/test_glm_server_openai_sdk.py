@@ -10,9 +10,9 @@ import pytest
 
 from sttrouter.gateway._runner import AppServer
 from sttrouter.gateway.server import GatewayServer
-from sttrouter.providers import _openai_wire as wire
 from sttrouter.testing import FakeSTTService, synthetic_speech
 from sttrouter.testing.openai_server import FakeOpenAITranscriptionServer, InjectedError
+from sttrouter.wire import openai as wire
 
 openai = pytest.importorskip("openai")
 

@@ -19,8 +19,8 @@ import pytest
 import soundfile
 
 from sttrouter.audio import ENGINE_FORMAT, AudioFormat, read_audio
+from sttrouter.endpoint import Location, Provider
 from sttrouter.errors import ConfigError, EndpointMisconfigured, MissingDependency, StreamingFailed
-from sttrouter.panel.endpoint import Location, Provider
 from sttrouter.providers import create_service
 from sttrouter.providers.offline import (
     DECODERS,

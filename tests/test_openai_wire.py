@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sttrouter.providers import _openai_wire as wire
+from sttrouter.wire import openai as wire
 
 # Shapes as documented in reference/server-protocols.md (vLLM, SGLang, Z.AI).
 VLLM_STREAM = (

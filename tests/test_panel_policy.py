@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from sttrouter.endpoint import STTEndpoint
 from sttrouter.errors import ConfigError
 from sttrouter.panel.device import Conditions, DeviceTier, NetworkStatus, ThermalState
-from sttrouter.panel.endpoint import STTEndpoint
 from sttrouter.panel.policy import (
     ALL_COMBOS,
     DEFAULT_POLICY_TOML,

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sttrouter.endpoint import ConnectionConfig, Location, Provider, STTEndpoint
 from sttrouter.errors import ConfigError
 from sttrouter.panel import _toml
 from sttrouter.panel.device import DeviceTier, ThermalState
-from sttrouter.panel.endpoint import ConnectionConfig, Location, Provider, STTEndpoint
 from sttrouter.panel.registry import (
     EndpointRegistry,
     default_registry,

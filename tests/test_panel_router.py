@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_panel_registry import registries
 
+from sttrouter.endpoint import ConnectionConfig, STTEndpoint
 from sttrouter.panel.device import Conditions, DeviceTier, NetworkStatus, ThermalState
-from sttrouter.panel.endpoint import ConnectionConfig, STTEndpoint
 from sttrouter.panel.policy import Policy, Rule, Unlisted, default_policy, tie_break_key
 from sttrouter.panel.registry import EndpointRegistry, default_registry
 from sttrouter.panel.router import Decision, Router, SkipReason

@@ -12,10 +12,10 @@ import pytest
 from session_kit import check_coverage, drive, fakes, tick
 
 from sttrouter.audio import ENGINE_FORMAT
+from sttrouter.endpoint import STTEndpoint
 from sttrouter.errors import AudioFormatError, ConfigError, NoEndpointAvailable
 from sttrouter.events import RouteEvent, RouteEventKind
 from sttrouter.panel.device import Conditions, ThermalState
-from sttrouter.panel.endpoint import STTEndpoint
 from sttrouter.resilience import (
     AdmissionController,
     BreakerBoard,
@@ -495,7 +495,7 @@ async def test_a_slow_close_of_the_failed_engine_does_not_delay_failover() -> No
 
 
 async def test_per_endpoint_stall_timeout() -> None:
-    from sttrouter.panel.endpoint import ConnectionConfig
+    from sttrouter.endpoint import ConnectionConfig
 
     clock = FakeClock()
     slow_ep = fake_endpoint("a", connection=ConnectionConfig(options={"stall_timeout": 30.0}))

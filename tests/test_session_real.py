@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from sttrouter.endpoint import STTEndpoint
 from sttrouter.errors import AudioFormatError
 from sttrouter.events import RouteEventKind
-from sttrouter.panel.endpoint import STTEndpoint
 from sttrouter.providers.deepgram import DeepgramSTTService, deepgram_endpoint
 from sttrouter.service import STTService, stream_transcribe
 from sttrouter.session import RoutedSession

@@ -13,7 +13,7 @@ import argparse
 import json
 import os
 
-from sttrouter.panel.endpoint import STTEndpoint
+from sttrouter.endpoint import STTEndpoint
 from sttrouter.panel.registry import EndpointRegistry, default_registry, endpoint_to_dict
 
 __all__ = ["register", "run", "table"]

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import anyio
 
+from sttrouter.endpoint import STTEndpoint
 from sttrouter.errors import ConfigError
 from sttrouter.evaluate import ItemResult, evaluate, format_table, load_manifest, render_chart
-from sttrouter.panel.endpoint import STTEndpoint
 
 __all__ = ["register", "resolve_endpoints", "run"]
 

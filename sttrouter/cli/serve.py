@@ -21,10 +21,10 @@ from typing import Any
 
 import attrs
 
+from sttrouter.endpoint import ConnectionConfig, Location, STTEndpoint
 from sttrouter.errors import ConfigError
 from sttrouter.gateway import protocol as gw
 from sttrouter.gateway.server import Backend, GatewayConfig, GatewayServer
-from sttrouter.panel.endpoint import ConnectionConfig, Location, STTEndpoint
 from sttrouter.service import STTService
 
 __all__ = ["build_backend", "build_config", "register", "run"]

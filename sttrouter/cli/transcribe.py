@@ -23,8 +23,8 @@ from typing import Any
 import anyio
 
 from sttrouter.audio import AudioFormat, read_audio
+from sttrouter.endpoint import STTEndpoint
 from sttrouter.errors import ConfigError
-from sttrouter.panel.endpoint import STTEndpoint
 from sttrouter.results import STTResult, Transcript
 
 __all__ = ["choose_endpoint", "register", "run"]

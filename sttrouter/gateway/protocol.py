@@ -1,9 +1,8 @@
 """UnaMentis' ``/v1/audio/stream`` protocol: the public name of the pure wire module.
 
-The messages live in :mod:`sttrouter.providers._gateway_wire` because both sides use them: the
-``glm_server`` adapter (engine layer) and this gateway server (a face above it). Layers point
-down, so the shared module sits in the lower one and is re-exported here.
+The messages live in :mod:`sttrouter.wire.gateway`, which the gateway client adapter, this
+server and the fake servers all import; this module re-exports them under the gateway's name.
 """
 
-from sttrouter.providers._gateway_wire import *  # noqa: F403
-from sttrouter.providers._gateway_wire import __all__ as __all__
+from sttrouter.wire.gateway import *  # noqa: F403
+from sttrouter.wire.gateway import __all__ as __all__

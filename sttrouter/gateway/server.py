@@ -45,9 +45,9 @@ from sttrouter.errors import (
 )
 from sttrouter.gateway import protocol as gw
 from sttrouter.gateway.metrics import GatewayMetrics
-from sttrouter.providers import _openai_wire as wire
 from sttrouter.results import STTResult
 from sttrouter.service import STTService, stream_transcribe
+from sttrouter.wire import openai as wire
 
 __all__ = ["Backend", "GatewayConfig", "GatewayServer"]
 

@@ -4,6 +4,7 @@
 of endpoints to try and, for every registered endpoint, its rank or why it was left out.
 """
 
+from sttrouter.endpoint import ConnectionConfig, Location, Provider, STTEndpoint
 from sttrouter.panel.device import (
     Conditions,
     DeviceTier,
@@ -15,7 +16,6 @@ from sttrouter.panel.device import (
     tier_for_apple_device,
     tier_for_memory,
 )
-from sttrouter.panel.endpoint import ConnectionConfig, Location, Provider, STTEndpoint
 from sttrouter.panel.policy import Policy, Rule, Unlisted, default_policy
 from sttrouter.panel.registry import EndpointRegistry, default_registry
 from sttrouter.panel.router import Decision, HealthView, Router, SkipReason, Verdict

@@ -7,7 +7,6 @@ is installed, its CUDA/MPS memory (:func:`detect_host`).
 
 from __future__ import annotations
 
-import enum
 import importlib
 import importlib.util
 import math
@@ -18,6 +17,8 @@ from types import MappingProxyType
 from typing import Any
 
 import attrs
+
+from sttrouter.endpoint import DeviceTier, NetworkStatus, ThermalState
 
 __all__ = [
     "APPLE_DEVICES",
@@ -32,40 +33,6 @@ __all__ = [
     "tier_for_apple_device",
     "tier_for_memory",
 ]
-
-
-class _Ranked(enum.StrEnum):
-    """A string enum whose members are ordered by declaration."""
-
-    @property
-    def rank(self) -> int:
-        return list(type(self)).index(self)
-
-
-class DeviceTier(_Ranked):
-    """How capable the device is, weakest first (so ``tier.rank >= min_tier.rank`` means able)."""
-
-    UNSUPPORTED = "unsupported"
-    PRO_STANDARD = "pro_standard"
-    PRO_MAX = "pro_max"
-    ULTRA = "ultra"
-
-
-class NetworkStatus(_Ranked):
-    """Network reachability, best first."""
-
-    CONNECTED = "connected"
-    CONSTRAINED = "constrained"
-    DISCONNECTED = "disconnected"
-
-
-class ThermalState(_Ranked):
-    """Thermal pressure, coolest first (as iOS ``ProcessInfo.ThermalState``)."""
-
-    NOMINAL = "nominal"
-    FAIR = "fair"
-    SERIOUS = "serious"
-    CRITICAL = "critical"
 
 
 @attrs.frozen

@@ -50,10 +50,10 @@ from typing import Any
 
 import attrs
 
+from sttrouter.endpoint import Location, STTEndpoint
 from sttrouter.errors import ConfigError
 from sttrouter.panel import _toml
 from sttrouter.panel.device import DeviceTier, NetworkStatus, ThermalState
-from sttrouter.panel.endpoint import Location, STTEndpoint
 
 __all__ = [
     "DEFAULT_POLICY_TOML",

@@ -41,10 +41,10 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from sttrouter.endpoint import ConnectionConfig, Location, STTEndpoint
 from sttrouter.errors import ConfigError
 from sttrouter.panel import _toml
 from sttrouter.panel.device import DeviceTier, ThermalState
-from sttrouter.panel.endpoint import ConnectionConfig, Location, STTEndpoint
 
 __all__ = ["EndpointRegistry", "default_registry", "endpoint_from_dict", "endpoint_to_dict"]
 

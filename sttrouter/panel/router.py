@@ -27,8 +27,8 @@ from typing import Any, Protocol, cast
 
 import attrs
 
+from sttrouter.endpoint import STTEndpoint
 from sttrouter.panel.device import Conditions, DeviceTier, NetworkStatus, ThermalState
-from sttrouter.panel.endpoint import STTEndpoint
 from sttrouter.panel.policy import ALL_COMBOS, Combo, Policy, Unlisted, default_policy
 from sttrouter.panel.policy import resolve_selector as _resolve
 from sttrouter.panel.policy import tie_break_key as _tie_key

@@ -13,13 +13,13 @@ from collections.abc import Callable
 from typing import Any
 
 from sttrouter.clock import Clock
+from sttrouter.endpoint import STTEndpoint, register_provider_kind
 from sttrouter.errors import ConfigError
-from sttrouter.panel.endpoint import STTEndpoint, register_provider_kind
 from sttrouter.service import STTService
 
-__all__ = ["ServiceFactory", "create_service", "register_provider"]
+__all__ = ["EngineFactory", "create_service", "register_provider"]
 
-ServiceFactory = Callable[..., STTService]
+EngineFactory = Callable[..., STTService]
 """``factory(endpoint, *, clock=None, **options) -> STTService``."""
 
 _BUILTIN: dict[str, str] = {
@@ -30,18 +30,18 @@ _BUILTIN: dict[str, str] = {
     "glm_local": "sttrouter.providers.glm_local:GLMLocalSTTService",
     "fake": "sttrouter.testing:FakeSTTService",
 }
-_custom: dict[str, ServiceFactory] = {}
+_custom: dict[str, EngineFactory] = {}
 
 
-def register_provider(kind: str, factory: ServiceFactory) -> None:
+def register_provider(kind: str, factory: EngineFactory) -> None:
     """Register a custom engine kind: endpoints with ``provider = kind`` use ``factory``."""
     register_provider_kind(kind)
     _custom[kind] = factory
 
 
-def _load(path: str) -> ServiceFactory:
+def _load(path: str) -> EngineFactory:
     module, _, name = path.partition(":")
-    factory: ServiceFactory = getattr(importlib.import_module(module), name)
+    factory: EngineFactory = getattr(importlib.import_module(module), name)
     return factory
 
 

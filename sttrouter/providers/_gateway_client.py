@@ -31,9 +31,9 @@ from sttrouter.errors import (
     StreamStalled,
     STTError,
 )
-from sttrouter.providers import _gateway_wire as gw
 from sttrouter.providers._openai_client import http_error, translate_transport
 from sttrouter.results import STTResult
+from sttrouter.wire import gateway as gw
 
 __all__ = ["MAX_REPLAY_BYTES", "GatewaySettings", "GatewayStream", "translate_ws"]
 

@@ -3,7 +3,7 @@
 :class:`OpenAITranscriptionClient` is a :class:`~sttrouter.providers.segmenter.BatchEngine`:
 one clip in, one :class:`~sttrouter.providers.segmenter.SegmentResult` out, with the token
 budget, the repetition-loop retry and the translation of HTTP answers into typed errors.
-The wire format itself is in :mod:`sttrouter.providers._openai_wire`.
+The wire format itself is in :mod:`sttrouter.wire.openai`.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from sttrouter.errors import (
     StreamStalled,
     STTError,
 )
-from sttrouter.providers import _openai_wire as wire
 from sttrouter.providers._decoding import is_repetitive, token_budget, trim_repetition
 from sttrouter.providers.segmenter import LOW_CONFIDENCE, SegmentResult
+from sttrouter.wire import openai as wire
 
 __all__ = [
     "ZAI_MAX_SECONDS",

@@ -31,6 +31,7 @@ from typing import Any
 
 from sttrouter.audio import ENGINE_FORMAT, AudioFormat
 from sttrouter.clock import Clock, fail_after
+from sttrouter.endpoint import ConnectionConfig, Location, STTEndpoint
 from sttrouter.errors import (
     AudioFormatError,
     ConfigError,
@@ -41,12 +42,11 @@ from sttrouter.errors import (
     StreamingFailed,
     STTError,
 )
-from sttrouter.panel.endpoint import ConnectionConfig, Location, STTEndpoint
-from sttrouter.providers import _assemblyai_wire as wire
-from sttrouter.providers._cloud import as_bool, http_and_ws, positive_number, to_wav
-from sttrouter.providers._errors import from_close_code, from_http_status
 from sttrouter.results import STTResult, Transcript, WordTimestamp
 from sttrouter.service import BaseSTTService
+from sttrouter.wire import assemblyai as wire
+from sttrouter.wire._common import as_bool, http_and_ws, positive_number, to_wav
+from sttrouter.wire.errors import from_close_code, from_http_status
 
 try:
     import assemblyai as aai

@@ -38,6 +38,7 @@ import httpx
 
 from sttrouter.audio import AudioFormat
 from sttrouter.clock import Clock, fail_after
+from sttrouter.endpoint import ConnectionConfig, Location, STTEndpoint
 from sttrouter.errors import (
     AudioFormatError,
     AuthenticationFailed,
@@ -49,12 +50,11 @@ from sttrouter.errors import (
     StreamingFailed,
     STTError,
 )
-from sttrouter.panel.endpoint import ConnectionConfig, Location, STTEndpoint
-from sttrouter.providers import _deepgram_wire as wire
-from sttrouter.providers._cloud import http_and_ws, positive_number, to_wav
-from sttrouter.providers._errors import from_close_code, from_http_status, mentions_quota
 from sttrouter.results import STTResult, Transcript, WordTimestamp
 from sttrouter.service import BaseSTTService
+from sttrouter.wire import deepgram as wire
+from sttrouter.wire._common import http_and_ws, positive_number, to_wav
+from sttrouter.wire.errors import from_close_code, from_http_status, mentions_quota
 
 with warnings.catch_warnings():
     # deepgram-sdk 7.x's async client imports websockets.legacy (and its InvalidStatusCode),

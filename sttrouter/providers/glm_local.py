@@ -50,8 +50,8 @@ import numpy as np
 
 from sttrouter.audio import ENGINE_FORMAT, AudioConverter, AudioFormat, pcm16_to_float
 from sttrouter.clock import Clock
+from sttrouter.endpoint import ConnectionConfig, Location, Provider, STTEndpoint
 from sttrouter.errors import ConfigError, MissingDependency, StreamingFailed, STTError
-from sttrouter.panel.endpoint import ConnectionConfig, Location, Provider, STTEndpoint
 from sttrouter.providers._decoding import token_budget
 from sttrouter.providers._glm_model import (
     EXTRA,

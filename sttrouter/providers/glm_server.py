@@ -40,9 +40,8 @@ import httpx
 
 from sttrouter.audio import ENGINE_FORMAT, AudioConverter, AudioFormat
 from sttrouter.clock import Clock
+from sttrouter.endpoint import STTEndpoint
 from sttrouter.errors import ConfigError, STTError
-from sttrouter.panel.endpoint import STTEndpoint
-from sttrouter.providers import _gateway_wire as gw
 from sttrouter.providers._gateway_client import GatewaySettings, GatewayStream, translate_ws
 from sttrouter.providers._openai_client import (
     ZAI_MAX_SECONDS,
@@ -56,6 +55,7 @@ from sttrouter.providers.segmenter import Segmenter
 from sttrouter.providers.vad import VADConfig
 from sttrouter.results import STTResult, Transcript
 from sttrouter.service import BaseSTTService
+from sttrouter.wire import gateway as gw
 
 __all__ = ["GLMServerSTTService", "OpenAITranscriptionClient"]
 

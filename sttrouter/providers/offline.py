@@ -59,6 +59,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from sttrouter.audio import ENGINE_FORMAT, AudioFormat
 from sttrouter.clock import Clock
+from sttrouter.endpoint import ConnectionConfig, Location, Provider, STTEndpoint
 from sttrouter.errors import (
     ConfigError,
     EndpointMisconfigured,
@@ -66,7 +67,6 @@ from sttrouter.errors import (
     StreamingFailed,
     STTError,
 )
-from sttrouter.panel.endpoint import ConnectionConfig, Location, Provider, STTEndpoint
 from sttrouter.results import STTResult, Transcript, WordTimestamp
 from sttrouter.service import BaseSTTService, stream_transcribe
 

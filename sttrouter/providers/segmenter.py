@@ -42,8 +42,8 @@ import numpy as np
 
 from sttrouter.audio import ENGINE_FORMAT
 from sttrouter.clock import Clock
+from sttrouter.endpoint import STTEndpoint
 from sttrouter.errors import ConfigError
-from sttrouter.panel.endpoint import STTEndpoint
 from sttrouter.providers._decoding import token_budget
 from sttrouter.providers.vad import StreamingVAD, VADConfig, VADEvent
 from sttrouter.results import STTResult, WordTimestamp

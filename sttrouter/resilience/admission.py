@@ -16,8 +16,8 @@ from collections.abc import Callable
 from types import TracebackType
 
 from sttrouter.clock import SYSTEM_CLOCK, Clock, fail_after
+from sttrouter.endpoint import STTEndpoint
 from sttrouter.errors import ConfigError, RateLimited
-from sttrouter.panel.endpoint import STTEndpoint
 
 __all__ = ["AdmissionController", "AdmissionRefused", "Permit"]
 

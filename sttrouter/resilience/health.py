@@ -27,8 +27,8 @@ import anyio
 import attrs
 
 from sttrouter.clock import SYSTEM_CLOCK, Clock, fail_after
+from sttrouter.endpoint import STTEndpoint
 from sttrouter.errors import ConfigError, ConnectionFailed, ConnectTimeout, STTError
-from sttrouter.panel.endpoint import STTEndpoint
 from sttrouter.service import STTService
 
 __all__ = [

@@ -11,7 +11,7 @@ Everything here is public API. Typical use::
 """
 
 from sttrouter.testing._clock import FakeClock, settle
-from sttrouter.testing._conformance import ConformanceError, ServiceFactory, check_stt_service
+from sttrouter.testing._conformance import ConformanceError, ServiceMaker, check_stt_service
 from sttrouter.testing._fake_server import (
     ScriptedUtterance,
     ScriptedWord,
@@ -37,7 +37,7 @@ __all__ = [
     "ScriptedUtterance",
     "ScriptedWord",
     "ServerFault",
-    "ServiceFactory",
+    "ServiceMaker",
     "SessionRecord",
     "SyntheticSpeech",
     "Utterance",

@@ -14,9 +14,9 @@ from sttrouter.errors import AlreadyStreaming, AudioFormatError, NotStreaming, S
 from sttrouter.results import STTResult
 from sttrouter.service import STTService, iter_chunks
 
-__all__ = ["ServiceFactory", "check_stt_service"]
+__all__ = ["ServiceMaker", "check_stt_service"]
 
-ServiceFactory = Callable[[], STTService | Awaitable[STTService]]
+ServiceMaker = Callable[[], STTService | Awaitable[STTService]]
 
 
 class ConformanceError(AssertionError):
@@ -28,7 +28,7 @@ def _check(cond: bool, message: str) -> None:
         raise ConformanceError(message)
 
 
-async def _make(factory: ServiceFactory) -> STTService:
+async def _make(factory: ServiceMaker) -> STTService:
     made = factory()
     if inspect.isawaitable(made):
         return await made
@@ -66,7 +66,7 @@ async def _run_stream(
 
 
 async def check_stt_service(
-    factory: ServiceFactory,
+    factory: ServiceMaker,
     audio: bytes,
     audio_format: AudioFormat = ENGINE_FORMAT,
     *,

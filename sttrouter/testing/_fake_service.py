@@ -11,8 +11,8 @@ import numpy as np
 
 from sttrouter.audio import ENGINE_FORMAT
 from sttrouter.clock import Clock
+from sttrouter.endpoint import Location, STTEndpoint
 from sttrouter.errors import ConnectionFailed, StreamingFailed
-from sttrouter.panel.endpoint import Location, STTEndpoint
 from sttrouter.results import STTResult, WordTimestamp
 from sttrouter.service import BaseSTTService
 from sttrouter.testing._faults import Fault, FaultKind, FaultPlan

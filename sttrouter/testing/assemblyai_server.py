@@ -36,7 +36,6 @@ import wave
 from typing import Any
 
 from sttrouter.errors import MalformedResponse
-from sttrouter.providers import _assemblyai_wire as aai
 from sttrouter.testing._fake_server import (
     FakeStreamSession,
     FakeVendorServer,
@@ -53,6 +52,7 @@ from sttrouter.testing._fake_server import (
     wav_seconds,
 )
 from sttrouter.testing._faults import FaultKind
+from sttrouter.wire import assemblyai as aai
 
 __all__ = ["ASSEMBLYAI_FAULTS", "FakeAssemblyAIServer"]
 

@@ -34,7 +34,6 @@ import wave
 from typing import Any
 
 from sttrouter.errors import MalformedResponse
-from sttrouter.providers import _deepgram_wire as dg
 from sttrouter.testing._fake_server import (
     FakeStreamSession,
     FakeVendorServer,
@@ -52,6 +51,7 @@ from sttrouter.testing._fake_server import (
     wav_seconds,
 )
 from sttrouter.testing._faults import FaultKind
+from sttrouter.wire import deepgram as dg
 
 __all__ = ["DEEPGRAM_FAULTS", "FakeDeepgramServer"]
 

@@ -3,7 +3,7 @@
 It serves ``POST /v1/audio/transcriptions`` (multipart in; ``json``, ``text`` or SSE out in
 the chosen server's exact chunk and error shapes), ``GET /health`` and ``GET /v1/models`` on
 a real socket (127.0.0.1, port 0), built on the same pure wire module the client uses
-(:mod:`sttrouter.providers._openai_wire`). What it "hears" comes from ``transcriber``; by
+(:mod:`sttrouter.wire.openai`). What it "hears" comes from ``transcriber``; by
 default it reads :func:`~sttrouter.testing.synthetic_speech` marks back as ``w<n>`` words.
 
 Faults are injected per request with :meth:`FakeOpenAITranscriptionServer.fail_next`
@@ -27,8 +27,8 @@ import attrs
 import numpy as np
 
 from sttrouter.errors import MissingDependency
-from sttrouter.providers import _openai_wire as wire
 from sttrouter.testing._speech import MARK_BASE, mark_word
+from sttrouter.wire import openai as wire
 
 __all__ = ["FakeOpenAITranscriptionServer", "InjectedError", "RecordedRequest", "read_marks"]
 

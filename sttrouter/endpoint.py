@@ -19,16 +19,52 @@ from urllib.parse import urlsplit
 import attrs
 
 from sttrouter.errors import ConfigError, EndpointMisconfigured
-from sttrouter.panel.device import DeviceTier, ThermalState
 
 __all__ = [
     "ConnectionConfig",
+    "DeviceTier",
     "Location",
+    "NetworkStatus",
     "Provider",
     "STTEndpoint",
+    "ThermalState",
     "known_provider_kinds",
     "register_provider_kind",
 ]
+
+
+class _Ranked(enum.StrEnum):
+    """A string enum whose members are ordered by declaration."""
+
+    @property
+    def rank(self) -> int:
+        return list(type(self)).index(self)
+
+
+class DeviceTier(_Ranked):
+    """How capable the device is, weakest first (so ``tier.rank >= min_tier.rank`` means able)."""
+
+    UNSUPPORTED = "unsupported"
+    PRO_STANDARD = "pro_standard"
+    PRO_MAX = "pro_max"
+    ULTRA = "ultra"
+
+
+class NetworkStatus(_Ranked):
+    """Network reachability, best first."""
+
+    CONNECTED = "connected"
+    CONSTRAINED = "constrained"
+    DISCONNECTED = "disconnected"
+
+
+class ThermalState(_Ranked):
+    """Thermal pressure, coolest first (as iOS ``ProcessInfo.ThermalState``)."""
+
+    NOMINAL = "nominal"
+    FAIR = "fair"
+    SERIOUS = "serious"
+    CRITICAL = "critical"
 
 
 class Provider(enum.StrEnum):
@@ -176,7 +212,7 @@ def _check_provider(_inst: object, _attr: object, value: str) -> None:
         choices = ", ".join(sorted(known_provider_kinds()))
         raise ConfigError(
             f"unknown provider {value!r}; use one of {choices} "
-            "or register a custom kind with sttrouter.panel.endpoint.register_provider_kind",
+            "or register a custom kind with sttrouter.endpoint.register_provider_kind",
             field="provider",
         )
 

@@ -18,9 +18,9 @@ from typing import Any, Final
 import attrs
 
 from sttrouter.errors import MalformedResponse
-from sttrouter.providers._cloud import as_bool, as_int
-from sttrouter.providers._json_wire import ClientMessage, Unknown, load_object, number
-from sttrouter.providers._json_wire import parse_client_message as _parse_client
+from sttrouter.wire._common import as_bool, as_int
+from sttrouter.wire._json import ClientMessage, Unknown, load_object, number
+from sttrouter.wire._json import parse_client_message as _parse_client
 
 __all__ = [
     "CLIENT_MESSAGE_TYPES",
