@@ -18,15 +18,11 @@ import httpx
 
 from sttrouter.errors import (
     AudioFormatError,
-    AuthenticationFailed,
     ConfigError,
     ConnectionFailed,
     ConnectTimeout,
-    EndpointMisconfigured,
     MalformedResponse,
     MissingDependency,
-    QuotaExceeded,
-    RateLimited,
     StreamingFailed,
     StreamStalled,
     STTError,
@@ -34,6 +30,8 @@ from sttrouter.errors import (
 from sttrouter.providers._decoding import is_repetitive, token_budget, trim_repetition
 from sttrouter.providers.segmenter import LOW_CONFIDENCE, SegmentResult
 from sttrouter.wire import openai as wire
+from sttrouter.wire.errors import from_http_status, retry_after
+from sttrouter.wire.openai import Flavor
 
 __all__ = [
     "ZAI_MAX_SECONDS",
@@ -47,7 +45,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ZAI_MAX_SECONDS: Final = 30.0
-Flavor = Literal["vllm", "sglang", "zai"]
 
 
 def guess_flavor(base_url: str) -> Flavor:
@@ -63,28 +60,21 @@ def _api_root(base_url: str) -> str:
 
 
 def http_error(status: int, body: bytes, headers: Mapping[str, str]) -> STTError:
+    """The typed error for an HTTP answer of an OpenAI-compatible server (the shared table)."""
     err = wire.parse_error(status, body)
-    what = f"HTTP {status}: {err.message}"
-    if status in (401, 403):
-        return AuthenticationFailed(f"{what}; check the API key in the endpoint's api_key_env")
-    if status == 402:
-        return QuotaExceeded(what)
-    if status == 429:
-        retry = headers.get("retry-after")
-        try:
-            after = float(retry) if retry else None
-        except ValueError:
-            after = None
-        return RateLimited(what, retry_after=after)
-    if status == 404:
-        return EndpointMisconfigured(
-            f"{what}; check base_url and the 'model' option (GET /v1/models lists it)"
-        )
-    if status == 413:
-        return AudioFormatError(f"{what}; the upload is over the server's size limit")
-    if 400 <= status < 500:
-        return EndpointMisconfigured(f"{what}; the server rejected the request's settings")
-    return StreamingFailed(what)
+    return from_http_status(
+        status,
+        err.message,
+        vendor="the server",
+        during_connect=False,
+        key_env="the endpoint's api_key_env",
+        retry_after=retry_after(headers.get("retry-after")),
+        hint=(
+            "check base_url and the 'model' option (GET /v1/models lists it)"
+            if status == 404
+            else "the server rejected the request's settings"
+        ),
+    )
 
 
 def translate_transport(exc: Exception) -> STTError:

@@ -42,7 +42,12 @@ from sttrouter.audio import ENGINE_FORMAT, AudioConverter, AudioFormat
 from sttrouter.clock import Clock
 from sttrouter.endpoint import STTEndpoint
 from sttrouter.errors import ConfigError, STTError
-from sttrouter.providers._gateway_client import GatewaySettings, GatewayStream, translate_ws
+from sttrouter.providers._gateway_client import (
+    GatewaySettings,
+    GatewayStream,
+    translate_ws,
+    warn_reconnect_attempts,
+)
 from sttrouter.providers._openai_client import (
     ZAI_MAX_SECONDS,
     Flavor,
@@ -153,6 +158,8 @@ class GLMServerSTTService(BaseSTTService):
         self.frame_seconds = _number(
             opts, "frame_seconds", 0.1, eid, low=gw.MIN_FRAME_SECONDS, high=gw.MAX_FRAME_SECONDS
         )
+        if "reconnect_attempts" in opts:  # deprecated: the routed session replays
+            warn_reconnect_attempts(eid)
         self.reconnect_attempts = int(_number(opts, "reconnect_attempts", 3, eid, low=0, high=20))
         self.timeout = _number(opts, "timeout", 30.0, eid, low=0.1)
         self._http_client = http_client

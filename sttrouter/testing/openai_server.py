@@ -29,10 +29,10 @@ import numpy as np
 from sttrouter.errors import MissingDependency
 from sttrouter.testing._speech import MARK_BASE, mark_word
 from sttrouter.wire import openai as wire
+from sttrouter.wire.openai import Flavor
 
 __all__ = ["FakeOpenAITranscriptionServer", "InjectedError", "RecordedRequest", "read_marks"]
 
-Flavor = Literal["vllm", "sglang", "zai"]
 Transcriber = Callable[[bytes, int], str]
 
 

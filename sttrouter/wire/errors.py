@@ -6,16 +6,18 @@ what the vendor says                    error                            kind
 HTTP 401 / 403, close 1008, 4001        AuthenticationFailed             permanent
 HTTP 402, close 4002/4003, "balance"    QuotaExceeded                    permanent
 HTTP 429, close 1013/3009/4029/4102     RateLimited                      transient
-HTTP 400 / 404 / 422 (at connect)       EndpointMisconfigured            permanent
 HTTP 400 / 415 / 422 about the audio    AudioFormatError                 caller
+HTTP 413 (upload over the size limit)   AudioFormatError                 caller
+HTTP 400 / 404 / other 4xx but 408      EndpointMisconfigured            permanent
 close 3007, 1002 ``DATA-0000``          AudioFormatError                 caller
 HTTP 408 / 5xx, refused, timeout        ConnectionFailed / ConnectTimeout transient
 close 1011 / 3005 / 3008 / other        StreamingFailed                  transient
 ======================================  ===============================  =========
 
-``during_connect`` picks :class:`ConnectionFailed` over :class:`StreamingFailed` for the
-transient rows. Messages never include credentials: callers pass only the vendor's status,
-its text and the endpoint id.
+HTTP 429 carries the server's ``Retry-After`` (:func:`retry_after`) into
+:attr:`RateLimited.retry_after`. ``during_connect`` picks :class:`ConnectionFailed` over
+:class:`StreamingFailed` for the transient rows. Messages never include credentials: callers
+pass only the vendor's status, its text and the endpoint id.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from sttrouter.errors import (
     STTError,
 )
 
-__all__ = ["from_close_code", "from_http_status", "mentions_quota"]
+__all__ = ["from_close_code", "from_http_status", "mentions_quota", "retry_after"]
 
 _QUOTA_WORDS = ("insufficient", "balance", "quota", "credit", "funds", "payment")
 
@@ -40,6 +42,15 @@ def mentions_quota(text: str) -> bool:
     """Whether a vendor's error text says the account ran out of money."""
     low = text.lower()
     return any(w in low for w in _QUOTA_WORDS)
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header in its seconds form; ``None`` when absent or a date."""
+    try:
+        seconds = float(value) if value else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and seconds >= 0 else None
 
 
 def _say(vendor: str, what: str, detail: str) -> str:
@@ -55,8 +66,14 @@ def from_http_status(
     endpoint_id: str | None = None,
     during_connect: bool = True,
     key_env: str | None = None,
+    retry_after: float | None = None,
+    hint: str = "check the endpoint's base_url and options",
 ) -> STTError:
-    """The error for an HTTP status from a vendor (a rejected upgrade or a REST call)."""
+    """The error for an HTTP status from a vendor (a rejected upgrade or a REST call).
+
+    ``hint`` is the advice given with :class:`EndpointMisconfigured` (a rejected request);
+    ``retry_after`` is passed on with :class:`RateLimited`.
+    """
     text = f"HTTP {status}" + (f" {detail.strip()}" if detail.strip() else "")
     if status in (401, 403):
         where = f" in {key_env}" if key_env else ""
@@ -70,17 +87,25 @@ def from_http_status(
             endpoint_id=endpoint_id,
         )
     if status == 429:
-        return RateLimited(_say(vendor, "is rate limiting us", text), endpoint_id=endpoint_id)
+        return RateLimited(
+            _say(vendor, "is rate limiting us", text),
+            endpoint_id=endpoint_id,
+            retry_after=retry_after,
+        )
+    if status == 413:
+        return AudioFormatError(
+            _say(vendor, "refused the upload", text) + "; it is over the server's size limit",
+            endpoint_id=endpoint_id,
+        )
     if status in (400, 415, 422) and "audio" in detail.lower():
         return AudioFormatError(
             _say(vendor, "could not decode the audio", text)
             + "; send PCM or WAV in the format you declared",
             endpoint_id=endpoint_id,
         )
-    if status in (400, 404, 405, 422):
+    if 400 <= status < 500 and status != 408:
         return EndpointMisconfigured(
-            _say(vendor, "rejected the request", text)
-            + "; check the endpoint's base_url and options",
+            _say(vendor, "rejected the request", text) + f"; {hint}",
             endpoint_id=endpoint_id,
         )
     cls = ConnectionFailed if during_connect else StreamingFailed

@@ -36,6 +36,10 @@ INTERNAL_ERROR            no           anything else
 
 A *recoverable* error leaves the session open (the offending message is dropped); after
 any other the server closes the connection.
+
+:data:`ERROR_TABLE` is the one mapping between these codes and sttrouter's errors: the server
+answers an engine's error with :func:`code_for`, a client raises :func:`error_for`, and
+``code_for(error_for(code)) == code`` for every code.
 """
 
 from __future__ import annotations
@@ -47,17 +51,30 @@ from typing import Any, Final, Literal
 
 import attrs
 
+from sttrouter.errors import (
+    AudioFormatError,
+    AuthenticationFailed,
+    CallerError,
+    EndpointMisconfigured,
+    RateLimited,
+    StreamingFailed,
+    STTError,
+)
 from sttrouter.results import STTResult, WordTimestamp
 
 __all__ = [
+    "ERROR_TABLE",
     "MAX_FRAME_SECONDS",
     "MIN_FRAME_SECONDS",
     "SAMPLE_RATE",
     "Audio",
+    "AudioDropped",
     "ClientMessage",
     "End",
     "ErrorCode",
     "ErrorMessage",
+    "GatewayFailed",
+    "MessageRejected",
     "Ping",
     "Pong",
     "ProtocolError",
@@ -65,6 +82,8 @@ __all__ = [
     "Start",
     "StreamConfig",
     "Transcript",
+    "code_for",
+    "error_for",
     "parse_client",
     "parse_server",
     "serialize",
@@ -99,6 +118,62 @@ _RECOVERABLE: Final = frozenset(
         ErrorCode.INVALID_MESSAGE,
     }
 )
+
+
+class AudioDropped(StreamingFailed):
+    """The gateway dropped audio (``BUFFER_OVERFLOW``): the stream no longer covers every sample."""
+
+
+class MessageRejected(EndpointMisconfigured):
+    """The gateway refused a message of ours (``INVALID_MESSAGE``): it speaks another protocol."""
+
+
+class GatewayFailed(StreamingFailed):
+    """The gateway failed on its own side (``INTERNAL_ERROR``)."""
+
+
+ERROR_TABLE: Final[tuple[tuple[ErrorCode, type[STTError], str], ...]] = (
+    (
+        ErrorCode.AUTHENTICATION_FAILED,
+        AuthenticationFailed,
+        "check the token in the endpoint's api_key_env",
+    ),
+    (ErrorCode.RATE_LIMIT_EXCEEDED, RateLimited, "the gateway is busy; retry later"),
+    (
+        ErrorCode.AUDIO_FORMAT_ERROR,
+        AudioFormatError,
+        "send 16 kHz mono PCM16 in frames of 20-500 ms",
+    ),
+    (ErrorCode.BUFFER_OVERFLOW, AudioDropped, "audio was dropped; send it in real time"),
+    (
+        ErrorCode.INVALID_MESSAGE,
+        MessageRejected,
+        "check that base_url points at a /v1/audio/stream gateway",
+    ),
+    (ErrorCode.INTERNAL_ERROR, GatewayFailed, "the gateway failed on its side"),
+    (ErrorCode.MODEL_UNAVAILABLE, StreamingFailed, "the gateway's engine cannot be reached"),
+)
+"""``(code, the error a client raises for it, advice)``, most specific error first.
+
+The server maps an error to the code of the first row whose error class it is an instance
+of; any other caller-side error of the engine (a misconfigured backend) is
+``INTERNAL_ERROR``, anything else ``MODEL_UNAVAILABLE``."""
+
+
+def code_for(exc: STTError) -> ErrorCode:
+    """The code the gateway answers with when an engine (or the gateway) fails with ``exc``."""
+    for code, error, _ in ERROR_TABLE:
+        if isinstance(exc, error):
+            return code
+    return ErrorCode.INTERNAL_ERROR if isinstance(exc, CallerError) else ErrorCode.MODEL_UNAVAILABLE
+
+
+def error_for(code: ErrorCode | str, message: str) -> STTError:
+    """The typed error a client raises for an ``error`` message (an unknown code: a failure)."""
+    for known, error, advice in ERROR_TABLE:
+        if code == known:
+            return error(f"gateway error {code}: {message}; {advice}")
+    return StreamingFailed(f"gateway error {code}: {message}")
 
 
 class ProtocolError(ValueError):

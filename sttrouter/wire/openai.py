@@ -34,6 +34,7 @@ import attrs
 
 __all__ = [
     "MAX_UPLOAD_BYTES",
+    "Flavor",
     "FormFile",
     "MultipartError",
     "SSEDecoder",
