@@ -8,9 +8,10 @@ point — the monthly hours of audio above which the fixed self-hosting cost is 
 
     break_even_hours = self_hosting_monthly / api_cost_per_hour
 
-:func:`seed_scenario` is the planning document's §8 scenario (100 users × 3 sessions/week × 60
-min, Deepgram at $0.26/h, a RunPod T4 plus bandwidth at $149/month). Its text states the
-break-even as "~57 hours/month"; its own numbers give 149 / 0.26 = 573.08 hours/month.
+:func:`tutoring_scenario` is the UnaMentis tutoring scenario from the cost analysis of its
+GLM-ASR plan (100 users × 3 sessions/week × 60 min, Deepgram at $0.26/h, a RunPod T4 plus
+bandwidth at $149/month). That analysis states the break-even as "~57 hours/month"; its own
+numbers give 149 / 0.26 = 573.08 hours/month.
 """
 
 from __future__ import annotations
@@ -42,11 +43,11 @@ __all__ = [
     "parse_amount",
     "project",
     "scenario_from_dict",
-    "seed_scenario",
+    "tutoring_scenario",
 ]
 
 WEEKS_PER_MONTH: Final = Decimal("365.25") / Decimal(84)
-"""An average calendar month in weeks (365.25 / 7 / 12 ≈ 4.348). The seed uses 4."""
+"""An average calendar month in weeks (365.25 / 7 / 12 ≈ 4.348). The tutoring scenario uses 4."""
 
 _CENT: Final = Decimal("0.01")
 
@@ -328,29 +329,34 @@ DEFAULT_API_PRICES: Final[tuple[ApiPrice, ...]] = (
 )
 """Streaming list prices per hour from UnaMentis' provider table."""
 
-_SEED_SELF_HOSTING: Final = SelfHosting(
+_TUTORING_SELF_HOSTING: Final = SelfHosting(
     "GLM-ASR-Nano self-hosted",
     (CostItem("RunPod T4 (24/7)", Decimal(144)), CostItem("Bandwidth (~50 GB)", Decimal(5))),
 )
 
 
-def seed_scenario() -> Scenario:
-    """The planning document's §8 scenario, with its break-even corrected."""
+def tutoring_scenario() -> Scenario:
+    """The UnaMentis tutoring scenario (100 users × 3 sessions/week × 60 min, Deepgram Nova-3
+    at $0.26/h against GLM-ASR-Nano self-hosted for $149/month), its break-even corrected."""
     return Scenario(
-        name="seed §8: 100 active users, Deepgram Nova-3 vs self-hosted GLM-ASR-Nano",
+        name="UnaMentis tutoring: 100 active users, Deepgram Nova-3 vs self-hosted GLM-ASR-Nano",
         usage=UsagePattern(Decimal(3), Decimal(60), weeks_per_month=Decimal(4)),
         users=(100, 500),
         apis=(ApiPrice("deepgram-nova-3", Decimal("0.26")),),
-        self_hosting=_SEED_SELF_HOSTING,
+        self_hosting=_TUTORING_SELF_HOSTING,
         notes=(
-            "The seed states the break-even as '~57 hours/month'; its own numbers give "
-            "149 / 0.26 = 573.08 hours/month (a factor of 10 off).",
-            "The seed counts 4 weeks a month; a calendar month has about 4.35 "
-            "(--weeks-per-month 4.348 gives 1,304 h for 100 users).",
+            "The UnaMentis cost analysis states the break-even as '~57 hours/month'; its own "
+            "numbers give 149 / 0.26 = 573.08 hours/month (a factor of 10 off).",
+            "The UnaMentis cost analysis counts 4 weeks a month; a calendar month has about "
+            "4.35 (--weeks-per-month 4.348 gives 1,304 h for 100 users).",
             "At 12 h per user per month, break-even is about 48 users; with one 60–90 min "
-            "session every day it is about 13–19 daily users, not the seed's '~10'.",
+            "session every day it is about 13–19 daily users, not the '~10' the analysis says.",
         ),
     )
+
+
+seed_scenario = tutoring_scenario
+"""Former name of :func:`tutoring_scenario`, kept for one release."""
 
 
 # -- configuration -----------------------------------------------------------------------------
@@ -375,8 +381,9 @@ def scenario_from_dict(data: Mapping[str, Any], *, source: str = "<dict>") -> Sc
         "RunPod T4 (24/7)" = 144
         bandwidth = 5
 
-    Missing ``api`` uses :data:`DEFAULT_API_PRICES`; missing ``self_hosted`` uses the seed's
-    $149/month. Decimal amounts may be given as strings to avoid binary rounding.
+    Missing ``api`` uses :data:`DEFAULT_API_PRICES`; missing ``self_hosted`` uses the tutoring
+    scenario's $149/month (a RunPod T4 around the clock plus bandwidth). Decimal amounts may be
+    given as strings to avoid binary rounding.
     """
     unknown = sorted(set(data) - _TOP_KEYS)
     if unknown:
@@ -414,7 +421,7 @@ def scenario_from_dict(data: Mapping[str, Any], *, source: str = "<dict>") -> Sc
             ApiPrice(name, parse_amount(price, f"api.{name}", source))
             for name, price in _table(data["api"], "api", source).items()
         )
-    self_hosting = _SEED_SELF_HOSTING
+    self_hosting = _TUTORING_SELF_HOSTING
     if "self_hosted" in data:
         self_hosting = SelfHosting(
             "self-hosted",

@@ -1,4 +1,5 @@
-"""The cost model: the seed's §8 numbers, the corrected break-even, config and the CLI."""
+"""The cost model: the UnaMentis tutoring scenario's numbers, the corrected break-even, config
+and the CLI."""
 
 from __future__ import annotations
 
@@ -24,15 +25,15 @@ from sttrouter.costs import (
     money,
     project,
     scenario_from_dict,
-    seed_scenario,
+    tutoring_scenario,
 )
 from sttrouter.errors import ConfigError
 
-# -- the seed's scenario ------------------------------------------------------------------------
+# -- the UnaMentis tutoring scenario -------------------------------------------------------------
 
 
-def test_seed_scenario_reproduces_the_seed_numbers() -> None:
-    report = project(seed_scenario())
+def test_tutoring_scenario_reproduces_the_analysis_numbers() -> None:
+    report = project(tutoring_scenario())
     hundred, five_hundred = report.rows
     # "100 users x 3 sessions/week x 60 min/session = 1,200 hours/mo"
     assert hundred.users == 100
@@ -51,19 +52,19 @@ def test_seed_scenario_reproduces_the_seed_numbers() -> None:
     assert hundred.cheapest == five_hundred.cheapest == "self_hosting"
 
 
-def test_seed_break_even_is_573_hours_not_57() -> None:
-    (summary,) = project(seed_scenario()).apis
+def test_tutoring_break_even_is_573_hours_not_57() -> None:
+    (summary,) = project(tutoring_scenario()).apis
     assert summary.break_even_hours is not None
     assert money(summary.break_even_hours) == Decimal("573.08")
-    assert summary.break_even_hours > 570  # the seed's text says ~57: a factor of 10 off
+    assert summary.break_even_hours > 570  # the analysis's text says ~57: a factor of 10 off
     # at 12 h per user per month that is 47.76 users, so 48 are needed
     assert summary.break_even_users is not None
     assert money(summary.break_even_users) == Decimal("47.76")
-    assert any("573.08" in note and "57 hours" in note for note in seed_scenario().notes)
+    assert any("573.08" in note and "57 hours" in note for note in tutoring_scenario().notes)
 
 
 def test_below_break_even_the_api_is_cheaper() -> None:
-    scenario = seed_scenario()
+    scenario = tutoring_scenario()
     # 47 users x 12 h = 564 h < 573 h: Deepgram is cheaper; 48 users = 576 h: self-hosting
     row47, row48 = project(_with_users(scenario, (47, 48))).rows
     assert row47.cheapest == "deepgram-nova-3"
@@ -167,18 +168,18 @@ def test_cheapest_agrees_with_break_even(
         lambda: SelfHosting("s", ()),
         lambda: UsagePattern(1, 1, weeks_per_month=0),
         lambda: Scenario(
-            "s", UsagePattern(1, 1), (), DEFAULT_API_PRICES, seed_scenario().self_hosting
+            "s", UsagePattern(1, 1), (), DEFAULT_API_PRICES, tutoring_scenario().self_hosting
         ),
         lambda: Scenario(
-            "s", UsagePattern(1, 1), (-1,), DEFAULT_API_PRICES, seed_scenario().self_hosting
+            "s", UsagePattern(1, 1), (-1,), DEFAULT_API_PRICES, tutoring_scenario().self_hosting
         ),
-        lambda: Scenario("s", UsagePattern(1, 1), (1,), (), seed_scenario().self_hosting),
+        lambda: Scenario("s", UsagePattern(1, 1), (1,), (), tutoring_scenario().self_hosting),
         lambda: Scenario(
             "s",
             UsagePattern(1, 1),
             (1,),
             (ApiPrice("a", 1), ApiPrice("a", 2)),
-            seed_scenario().self_hosting,
+            tutoring_scenario().self_hosting,
         ),
     ],
 )
@@ -295,7 +296,7 @@ def test_load_scenario_bad_files(tmp_path: Path) -> None:
 # -- the CLI ---------------------------------------------------------------------------------------
 
 
-def test_cli_seed_scenario_table(capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_tutoring_scenario_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["cost", "--seed-scenario"]) == 0
     out = capsys.readouterr().out
     assert "1,200.00" in out
@@ -303,11 +304,24 @@ def test_cli_seed_scenario_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert "1,560.00" in out
     assert "149.00" in out
     assert "573.08" in out
-    assert "~57 hours/month" in out  # the note that names the seed's error
+    assert "~57 hours/month" in out  # the note that names the analysis's error
+    # the text names what it is, never an internal planning file
+    assert "seed" not in out.lower()
+    assert "§" not in out
 
 
-def test_cli_seed_scenario_json(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["cost", "--seed-scenario", "--json"]) == 0
+def test_cli_former_flag_name_still_works(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["cost", "--seed-scenario"]) == 0
+    assert capsys.readouterr().out.startswith("Scenario: UnaMentis tutoring")
+    with pytest.raises(SystemExit):
+        main(["cost", "--help"])
+    help_text = capsys.readouterr().out
+    assert "--tutoring-scenario" in help_text
+    assert "seed" not in help_text
+
+
+def test_cli_tutoring_scenario_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["cost", "--tutoring-scenario", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["apis"] == [
         {
@@ -328,13 +342,13 @@ def test_cli_seed_scenario_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert data["self_hosting"]["monthly"] == "149.00"
 
 
-def test_cli_flags_override_the_seed(capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["cost", "--seed-scenario", "--users", "10,20", "--minutes", "90", "--json"]
+def test_cli_flags_override_the_scenario(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["cost", "--tutoring-scenario", "--users", "10,20", "--minutes", "90", "--json"]
     assert main(argv) == 0
     data = json.loads(capsys.readouterr().out)
     assert [p["hours_per_month"] for p in data["projections"]] == ["180.00", "360.00"]
-    assert data["notes"] == []  # a changed scenario drops the seed's notes
-    assert data["scenario"].startswith("seed")
+    assert data["notes"] == []  # a changed scenario drops the notes
+    assert data["scenario"].startswith("UnaMentis tutoring")
 
 
 def test_cli_custom_prices(capsys: pytest.CaptureFixture[str]) -> None:

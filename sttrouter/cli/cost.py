@@ -22,7 +22,7 @@ from sttrouter.costs import (
     money,
     parse_amount,
     project,
-    seed_scenario,
+    tutoring_scenario,
 )
 from sttrouter.errors import ConfigError
 
@@ -36,21 +36,28 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=(
             "Project monthly speech-to-text cost for N users x sessions/week x minutes, per API "
             "price and for self-hosting, and the break-even hours per month. Flags override the "
-            "scenario from --seed-scenario or --config."
+            "scenario from --tutoring-scenario or --config."
         ),
     )
     base = p.add_mutually_exclusive_group()
     base.add_argument(
-        "--seed-scenario",
+        "--tutoring-scenario",
         action="store_true",
-        help="the planning document's §8 scenario (100 and 500 users, Deepgram $0.26/h, $149/mo)",
+        help="the UnaMentis tutoring scenario: 100 and 500 users x 3 sessions/week x 60 min, "
+        "Deepgram at $0.26/h against a self-hosted GLM-ASR-Nano at $149/month",
+    )
+    # the flag's former name, kept working for one release
+    base.add_argument(
+        "--seed-scenario", dest="tutoring_scenario", action="store_true", help=argparse.SUPPRESS
     )
     base.add_argument("--config", metavar="FILE", help="a scenario TOML file (see docs/costs.md)")
     p.add_argument("--users", metavar="N[,N...]", help="user counts to project, comma-separated")
     p.add_argument("--sessions-per-week", metavar="X", help="sessions per user per week")
     p.add_argument("--minutes", metavar="X", help="minutes per session")
     p.add_argument(
-        "--weeks-per-month", metavar="X", help="weeks per month (default 4.348; the seed uses 4)"
+        "--weeks-per-month",
+        metavar="X",
+        help="weeks per month (default 4.348; the tutoring scenario uses 4)",
     )
     p.add_argument(
         "--api",
@@ -107,9 +114,8 @@ def _registry_prices(source: str) -> list[ApiPrice]:
 
 
 def _default_scenario() -> Scenario:
-    seed = seed_scenario()
     return attrs.evolve(
-        seed,
+        tutoring_scenario(),
         name="custom",
         usage=UsagePattern(Decimal(3), Decimal(60)),
         users=(100,),
@@ -119,9 +125,10 @@ def _default_scenario() -> Scenario:
 
 
 def scenario_from_args(args: argparse.Namespace) -> Scenario:
-    """The scenario the flags describe: a base (seed, config or defaults) with overrides."""
-    if args.seed_scenario:
-        scenario = seed_scenario()
+    """The scenario the flags describe: a base (tutoring scenario, config or defaults) with
+    overrides."""
+    if args.tutoring_scenario:
+        scenario = tutoring_scenario()
     elif args.config:
         scenario = load_scenario(args.config)
     else:
@@ -152,7 +159,7 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
         items = tuple(CostItem(n, a) for n, a in _pairs(args.self_hosted, "--self-hosted"))
         changes["self_hosting"] = SelfHosting("self-hosted", items)
     if changes:
-        # a changed scenario is no longer the seed's: its notes no longer apply
+        # a changed scenario is no longer the one its notes describe
         changes.setdefault("notes", ())
         scenario = attrs.evolve(scenario, **changes)  # type: ignore[arg-type]
     return scenario
