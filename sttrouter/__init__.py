@@ -5,6 +5,7 @@ that loses no audio.
 
 from sttrouter.audio import ENGINE_FORMAT, AudioConverter, AudioFormat, Encoding, read_audio
 from sttrouter.clock import Clock, SystemClock
+from sttrouter.context import RoutingContext
 from sttrouter.endpoint import ConnectionConfig, Location, Provider, STTEndpoint
 from sttrouter.errors import (
     AlreadyStreaming,
@@ -79,6 +80,7 @@ __all__ = [
     "RouteEventKind",
     "RoutedSession",
     "Router",
+    "RoutingContext",
     "Rule",
     "STTEndpoint",
     "STTError",

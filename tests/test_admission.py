@@ -115,6 +115,7 @@ async def test_unlimited_and_context_manager() -> None:
         with p:
             pass
     assert adm.in_use("free") == 0
+    assert adm.endpoint_ids() == ("free",)
     assert adm.waiting("nothing") == 0
     assert adm.in_use("x") == 0
 

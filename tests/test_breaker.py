@@ -121,6 +121,26 @@ async def test_board_is_a_health_view() -> None:
     assert seen == ["a:open", "a:half_open"]
 
 
+async def test_board_reports_every_failure_and_whether_it_tripped() -> None:
+    clock = FakeClock()
+    failures: list[tuple[str, str, bool]] = []
+    board = BreakerBoard(
+        BreakerConfig(failure_threshold=2),
+        clock=clock,
+        on_failure=lambda e, r, p: failures.append((e, r, p)),
+    )
+    board["a"].record_failure("refused")
+    board["a"].record_failure("refused")
+    board["a"].record_failure("while open")  # counted by nobody, still reported
+    board["b"].trip("bad key")
+    assert failures == [
+        ("a", "refused", False),
+        ("a", "refused", False),
+        ("a", "while open", False),
+        ("b", "bad key", True),
+    ]
+
+
 def test_config_validation() -> None:
     with pytest.raises(ConfigError, match="failure_threshold"):
         BreakerConfig(failure_threshold=0)

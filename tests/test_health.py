@@ -11,6 +11,7 @@ from sttrouter.resilience import (
     HealthConfig,
     HealthMonitor,
     HealthStatus,
+    HealthViews,
     all_available,
     http_probe,
     service_probe,
@@ -179,7 +180,27 @@ async def test_all_available_combines_views() -> None:
     assert not view.is_available("a")
     assert view.is_available("b")
     assert all_available(board) is board
-    assert "all_available" in repr(view)
+    assert "HealthViews" in repr(view)
+
+
+async def test_health_views_change_and_forward_traffic() -> None:
+    clock = FakeClock()
+    board = BreakerBoard(clock=clock)
+    mon = HealthMonitor({"a": Switch()}, config=HealthConfig(unhealthy_after=1), clock=clock)
+    views = HealthViews([board])
+    views.add(board)  # held once
+    assert len(views) == 1
+    views.observe("a", False, "nobody listens yet")  # the board takes no traffic outcomes
+    views.add(mon)
+    assert len(views) == 2
+    views.observe("a", False, "stream failed")
+    assert not views.is_available("a")
+    assert mon.last_error("a") == "stream failed"
+    views.observe("a", True)
+    views.observe("a", True)
+    assert views.is_available("a")
+    views.remove(mon)
+    assert views.views == [board]
 
 
 def test_config_validation() -> None:

@@ -52,7 +52,11 @@ class SkipReason(enum.StrEnum):
 
 
 class HealthView(Protocol):
-    """What the router may ask about endpoint health (implemented by the resilience layer)."""
+    """The one health-view protocol: may an endpoint take traffic now?
+
+    The router asks it while deciding, and routed sessions while failing over. Breaker boards,
+    health monitors and the routing state's combined view implement it; nothing else is asked.
+    """
 
     def is_available(self, endpoint_id: str) -> bool:
         """False when the endpoint's breaker is open or it is known unhealthy."""

@@ -6,13 +6,12 @@
 - :class:`AdmissionController`: per-endpoint concurrency limit with a bounded, deadline-bound
   wait queue.
 
-Breaker boards and health monitors are *health views* (``is_available(endpoint_id)``);
-:func:`all_available` combines several into one for ``Router.decide(..., health=...)``.
+Breaker boards and health monitors are *health views* (:class:`HealthView`:
+``is_available(endpoint_id)``, the one protocol the router asks); :class:`HealthViews` and
+:func:`all_available` combine several into one for ``Router.decide(..., health=...)``.
 """
 
 from __future__ import annotations
-
-from typing import Protocol
 
 from sttrouter.resilience.admission import AdmissionController, AdmissionRefused, Permit
 from sttrouter.resilience.breaker import BreakerBoard, BreakerConfig, BreakerState, CircuitBreaker
@@ -26,11 +25,11 @@ from sttrouter.resilience.health import (
     websocket_probe,
 )
 from sttrouter.resilience.retry import RetryPolicy
+from sttrouter.resilience.views import HealthView, HealthViews, all_available
 
 __all__ = [
     "AdmissionController",
     "AdmissionRefused",
-    "AvailabilityView",
     "BreakerBoard",
     "BreakerConfig",
     "BreakerState",
@@ -38,6 +37,8 @@ __all__ = [
     "HealthConfig",
     "HealthMonitor",
     "HealthStatus",
+    "HealthView",
+    "HealthViews",
     "Permit",
     "Probe",
     "RetryPolicy",
@@ -47,27 +48,4 @@ __all__ = [
     "websocket_probe",
 ]
 
-
-class AvailabilityView(Protocol):
-    """Anything that says whether an endpoint may take traffic now."""
-
-    def is_available(self, endpoint_id: str) -> bool: ...
-
-
-class _AllOf:
-    def __init__(self, views: tuple[AvailabilityView, ...]) -> None:
-        self.views = views
-
-    def is_available(self, endpoint_id: str) -> bool:
-        return all(v.is_available(endpoint_id) for v in self.views)
-
-    def __repr__(self) -> str:
-        return f"all_available{self.views!r}"
-
-
-def all_available(*views: AvailabilityView | None) -> AvailabilityView:
-    """One view that is available only where every given view is (``None``s are ignored)."""
-    kept = tuple(v for v in views if v is not None)
-    if len(kept) == 1:
-        return kept[0]
-    return _AllOf(kept)
+AvailabilityView = HealthView  # old name, kept only until the routed session imports HealthView

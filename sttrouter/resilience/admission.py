@@ -102,6 +102,10 @@ class AdmissionController:
             slot.limit = endpoint.max_concurrent_sessions  # follow config changes
         return slot
 
+    def endpoint_ids(self) -> tuple[str, ...]:
+        """Every endpoint a stream has asked to be admitted to."""
+        return tuple(self._slots)
+
     def in_use(self, endpoint_id: str) -> int:
         slot = self._slots.get(endpoint_id)
         return slot.in_use if slot else 0

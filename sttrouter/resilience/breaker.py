@@ -29,7 +29,14 @@ import attrs
 from sttrouter.clock import SYSTEM_CLOCK, Clock
 from sttrouter.errors import ConfigError
 
-__all__ = ["BreakerBoard", "BreakerConfig", "BreakerState", "CircuitBreaker"]
+__all__ = [
+    "BreakerBoard",
+    "BreakerConfig",
+    "BreakerState",
+    "CircuitBreaker",
+    "FailureListener",
+    "StateListener",
+]
 
 log = logging.getLogger("sttrouter.resilience")
 
@@ -66,6 +73,10 @@ class BreakerConfig:
 StateListener = Callable[[str, BreakerState, BreakerState], None]
 """``listener(endpoint_id, old_state, new_state)``."""
 
+FailureListener = Callable[[str, str, bool], None]
+"""``listener(endpoint_id, reason, permanent)``: every failure a breaker is told of;
+``permanent`` when it tripped the breaker at once (:meth:`CircuitBreaker.trip`)."""
+
 
 class CircuitBreaker:
     """The breaker of one endpoint.
@@ -75,6 +86,7 @@ class CircuitBreaker:
         config: thresholds.
         clock: time source.
         on_change: called on every state change.
+        on_failure: called on every failure reported (counted or tripping).
     """
 
     def __init__(
@@ -84,11 +96,13 @@ class CircuitBreaker:
         *,
         clock: Clock | None = None,
         on_change: StateListener | None = None,
+        on_failure: FailureListener | None = None,
     ) -> None:
         self.endpoint_id = endpoint_id
         self.config = config or BreakerConfig()
         self.clock: Clock = clock or SYSTEM_CLOCK
         self._on_change = on_change
+        self._on_failure = on_failure
         self._state = BreakerState.CLOSED
         self._failures: deque[float] = deque()
         self._opened_at = 0.0
@@ -144,6 +158,8 @@ class CircuitBreaker:
         """The endpoint failed: count it; a half-open trial failing reopens at once."""
         now = self.clock.now()
         self.last_reason = reason or self.last_reason
+        if self._on_failure is not None:
+            self._on_failure(self.endpoint_id, reason, False)
         state = self.state
         self._trial = False
         if state is BreakerState.HALF_OPEN:
@@ -159,6 +175,8 @@ class CircuitBreaker:
     def trip(self, reason: str = "") -> None:
         """Open now, whatever the count (permanent errors: auth, quota)."""
         self.last_reason = reason or self.last_reason
+        if self._on_failure is not None:
+            self._on_failure(self.endpoint_id, reason, True)
         self._trial = False
         self._open(self.clock.now())
 
@@ -206,6 +224,7 @@ class BreakerBoard:
         config: thresholds for every breaker.
         clock: time source.
         on_change: called as ``on_change(endpoint_id, old, new)`` on every state change.
+        on_failure: called as ``on_failure(endpoint_id, reason, permanent)`` on every failure.
     """
 
     def __init__(
@@ -214,17 +233,23 @@ class BreakerBoard:
         *,
         clock: Clock | None = None,
         on_change: StateListener | None = None,
+        on_failure: FailureListener | None = None,
     ) -> None:
         self.config = config or BreakerConfig()
         self.clock: Clock = clock or SYSTEM_CLOCK
         self._on_change = on_change
+        self._on_failure = on_failure
         self._breakers: dict[str, CircuitBreaker] = {}
 
     def breaker(self, endpoint_id: str) -> CircuitBreaker:
         b = self._breakers.get(endpoint_id)
         if b is None:
             b = CircuitBreaker(
-                endpoint_id, self.config, clock=self.clock, on_change=self._on_change
+                endpoint_id,
+                self.config,
+                clock=self.clock,
+                on_change=self._on_change,
+                on_failure=self._on_failure,
             )
             self._breakers[endpoint_id] = b
         return b

@@ -1,0 +1,18 @@
+"""Routing state: what routing learns about endpoints, shared by every session of a context.
+
+- :class:`StateStore`: the protocol — breakers, health views, the failure ledger and admission
+  limits, each a local view read synchronously on the hot path.
+- :class:`InMemoryState`: the default store, everything in this process.
+- :class:`FailureLedger` / :class:`FailureRecord`: the last failure of every endpoint and which
+  endpoints are unusable.
+
+A :class:`~sttrouter.RoutingContext` holds one store and gives it to every session it makes, so
+an endpoint one session finds broken is skipped by the next, and concurrency limits hold
+across all of them.
+"""
+
+from sttrouter.state._ledger import FailureLedger, FailureRecord
+from sttrouter.state._memory import InMemoryState
+from sttrouter.state._store import StateStore
+
+__all__ = ["FailureLedger", "FailureRecord", "InMemoryState", "StateStore"]
