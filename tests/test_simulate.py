@@ -3,6 +3,7 @@ timeline over the two example traces."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -228,3 +229,45 @@ def test_bad_traces(tmp_path: Path, text: str, field: str, words: str) -> None:
 def test_not_toml() -> None:
     with pytest.raises(ConfigError, match="not valid TOML"):
         Trace.loads("duration = ", source="x")
+
+
+# -- the command's exit status ---------------------------------------------------------------
+
+TUNNEL = """
+name = "a tunnel with no engine for Mandarin"
+duration = "40s"
+language = "zh"
+[initial]
+tier = "pro_max"
+[[change]]
+at = "10s"
+network = "disconnected"
+note = "tunnel"
+[[change]]
+at = "20s"
+network = "connected"
+"""
+
+
+@pytest.mark.parametrize("json_out", [False, True])
+def test_simulate_faults_exits_1_with_a_summary_when_words_are_lost(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], json_out: bool
+) -> None:
+    from sttrouter.cli import main
+
+    path = tmp_path / "tunnel.toml"
+    path.write_text(TUNNEL)
+    argv = ["simulate", str(path), "--faults"] + (["--json"] if json_out else [])
+    assert main(argv) == 1
+    out, err = capsys.readouterr()
+    [line] = err.splitlines()
+    assert line.startswith("sttrouter: simulate: ")
+    assert "words were not transcribed" in line
+    assert "s of audio got no final" in line
+    if json_out:
+        assert json.loads(out)["simulation"]["words_missing"] > 0
+    else:
+        assert "faults executed" in out
+    # without --faults nothing is executed, so nothing can be lost
+    assert main(["simulate", str(path)]) == 0
+    assert capsys.readouterr().err == ""

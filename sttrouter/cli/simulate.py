@@ -5,18 +5,26 @@ Examples::
 
     sttrouter simulate examples/traces/tutoring_90min.toml
     sttrouter simulate examples/traces/tutoring_90min.toml --assume-keys --json
+    sttrouter simulate examples/traces/commute_pro_max.toml --faults   # exit 1: words were lost
+
+With ``--faults`` the exit status is 1 when any spoken word or second of audio went
+untranscribed, with a one-line summary on stderr, so scripts and CI can gate on it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
 
 from sttrouter.cli.route import add_router_arguments, environ_from_args, router_from_args
 from sttrouter.simulate import Trace, decision_timeline, format_time
 
-__all__ = ["register", "run"]
+if TYPE_CHECKING:
+    from sttrouter.simulate_faults import FaultSimulation
+
+__all__ = ["loss_summary", "register", "run"]
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -24,7 +32,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "simulate",
         help="replay a session trace: the routing decision for each stretch of conditions",
         description="Replay a trace (TOML: duration, initial conditions, timed changes, faults) "
-        "and print the chain chosen for each interval and why. Faults are listed, not executed.",
+        "and print the chain chosen for each interval and why. Faults are listed, not executed, "
+        "unless --faults is given; then the exit status is 1 when words or audio were lost.",
     )
     p.add_argument("trace", help="trace TOML file (see examples/traces/)")
     add_router_arguments(p)
@@ -67,10 +76,13 @@ def run(args: argparse.Namespace) -> int:
             "faults": [f.to_dict() for f in trace.faults],
             "faults_executed": bool(getattr(args, "faults", False)),
         }
-        if getattr(args, "faults", False):
-            out["simulation"] = _execute(trace, router, args).to_dict()
+        if not getattr(args, "faults", False):
+            print(json.dumps(out, indent=2))
+            return 0
+        simulation = _execute(trace, router, args)
+        out["simulation"] = simulation.to_dict()
         print(json.dumps(out, indent=2))
-        return 0
+        return _verdict(simulation)
     lang = trace.language or "any"
     print(f"{trace.name}  ({trace.source}; {format_time(trace.duration)}, language {lang})")
     for start, end, decision in timeline:
@@ -91,8 +103,10 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "faults", False):
         from sttrouter.simulate_faults import format_report
 
-        print("\n" + format_report(_execute(trace, router, args)))
-    elif trace.faults:
+        simulation = _execute(trace, router, args)
+        print("\n" + format_report(simulation))
+        return _verdict(simulation)
+    if trace.faults:
         print(
             f"\n{len(trace.faults)} fault(s) declared; decisions-only mode does not execute "
             "them (add --faults to run a routed session through them)."
@@ -100,7 +114,26 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _execute(trace: Trace, router: Any, args: argparse.Namespace) -> Any:
+def loss_summary(simulation: FaultSimulation) -> str | None:
+    """One line saying what a fault simulation lost, or ``None`` when nothing was lost."""
+    missing, gap = simulation.words_missing, simulation.uncovered_seconds
+    if not missing and not gap:
+        return None
+    return (
+        f"{missing} of {simulation.words} words were not transcribed and {gap:.1f} s of audio "
+        f"got no final"
+    )
+
+
+def _verdict(simulation: FaultSimulation) -> int:
+    summary = loss_summary(simulation)
+    if summary is None:
+        return 0
+    print(f"sttrouter: simulate: {summary}", file=sys.stderr)
+    return 1
+
+
+def _execute(trace: Trace, router: Any, args: argparse.Namespace) -> FaultSimulation:
     import asyncio
 
     from sttrouter.simulate_faults import simulate_faults
