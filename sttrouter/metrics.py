@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, Final
 
@@ -50,6 +51,13 @@ class STTMetrics:
         self.time_to_first_result: float | None = None
         self._first_audio_at: float | None = None
         self._last_result_at: float | None = None
+        self._cost_source: Callable[[], Decimal] | None = None
+
+    def price_by(self, cost: Callable[[], Decimal]) -> None:
+        """Take :attr:`cost` from ``cost`` instead of ``cost_per_hour`` times the audio sent
+        (a routed session's audio is billed by the endpoints that served it, replays
+        included)."""
+        self._cost_source = cost
 
     # -- observations -------------------------------------------------------------------
     def audio_sent(self, seconds: float, now: float) -> None:
@@ -131,7 +139,10 @@ class STTMetrics:
 
     @property
     def cost(self) -> Decimal:
-        """What the audio sent so far costs at ``cost_per_hour``."""
+        """What the audio sent so far costs at ``cost_per_hour`` (or what the source given to
+        :meth:`price_by` says)."""
+        if self._cost_source is not None:
+            return self._cost_source()
         return cost_for(self.cost_per_hour, self.audio_seconds)
 
     def latency_histogram(self, bounds: tuple[float, ...]) -> list[int]:

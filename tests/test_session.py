@@ -25,6 +25,7 @@ from sttrouter.resilience import (
     RetryPolicy,
 )
 from sttrouter.session import RoutedSession, SessionConfig
+from sttrouter.session.leg import stall_timeout_for
 from sttrouter.testing import (
     FakeClock,
     FakeSTTService,
@@ -507,4 +508,6 @@ async def test_per_endpoint_stall_timeout() -> None:
     assert run.kinds() == ["selected"]
     bad = fake_endpoint("c", connection=ConnectionConfig(options={"stall_timeout": "soon"}))
     with pytest.raises(ConfigError, match="stall_timeout"):
-        RoutedSession([bad])._stall_timeout(bad)
+        stall_timeout_for(bad, 5.0)
+    assert stall_timeout_for(slow_ep, 5.0) == 30.0
+    assert stall_timeout_for(b.endpoint, 5.0) == 5.0

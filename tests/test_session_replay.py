@@ -6,8 +6,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sttrouter._replay import ReplayBuffer, chunk_has_speech
 from sttrouter.audio import rms_dbfs
+from sttrouter.session._replay import ReplayBuffer, chunk_has_speech
 
 
 @settings(max_examples=80, deadline=None)

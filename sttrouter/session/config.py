@@ -1,0 +1,73 @@
+"""The knobs of a routed session and what it needs from a router."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import attrs
+
+from sttrouter.endpoint import STTEndpoint
+from sttrouter.errors import ConfigError
+from sttrouter.panel.device import Conditions
+from sttrouter.resilience import AvailabilityView
+
+__all__ = ["Decider", "SessionConfig"]
+
+
+class _Decision(Protocol):
+    @property
+    def chain(self) -> tuple[STTEndpoint, ...]: ...
+
+
+class Decider(Protocol):
+    """What a routed session needs from a router (``sttrouter.panel.router.Router``)."""
+
+    def decide(
+        self,
+        conditions: Conditions,
+        language: str | None = None,
+        streaming: bool = True,
+        health: AvailabilityView | None = None,
+    ) -> _Decision: ...
+
+
+def _positive(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{attr.name} must be positive, got {value!r}", field=attr.name)
+
+
+@attrs.frozen
+class SessionConfig:
+    """Knobs of a routed session (all times in seconds of the session's clock).
+
+    Attributes:
+        replay_seconds: bound of the replay buffer (audio since the last final).
+        connect_timeout: an endpoint that has not opened by then counts as failed.
+        stall_timeout: speech was sent and no result (interim or final) came for this long.
+            Engines without interim results answer only at the end of an utterance: set it
+            above your longest utterance for them, per endpoint with
+            ``connection.options.stall_timeout`` (which overrides this).
+        finish_timeout: ``stop_streaming`` waits this long for an endpoint's last final.
+        empty_final_limit: this many empty finals in a row over audio with speech energy
+            fail the endpoint (:class:`~sttrouter.errors.EmptyTranscripts`).
+        speech_dbfs: RMS level above which a chunk or 20 ms frame counts as speech energy.
+        replay_chunk_seconds: chunk size used when replaying the buffer.
+        switch_back: move to a recovered higher-priority endpoint at utterance boundaries.
+        retry_failed_after: an endpoint that failed in this session is used again (switch-back
+            or failover) only after this long, and only if its breaker and health allow.
+        raise_on_lost_audio: when audio that overflowed the replay buffer could not be replayed
+            after a failover, the stream carries on, and ``stop_streaming`` then raises
+            :class:`~sttrouter.errors.NoEndpointAvailable` naming the first lost span (all of
+            them are in ``session.uncovered``). ``False`` only records them.
+    """
+
+    replay_seconds: float = attrs.field(default=30.0, validator=_positive)
+    connect_timeout: float = attrs.field(default=5.0, validator=_positive)
+    stall_timeout: float = attrs.field(default=5.0, validator=_positive)
+    finish_timeout: float = attrs.field(default=10.0, validator=_positive)
+    empty_final_limit: int = attrs.field(default=2, validator=_positive)
+    speech_dbfs: float = -40.0
+    replay_chunk_seconds: float = attrs.field(default=0.1, validator=_positive)
+    switch_back: bool = True
+    retry_failed_after: float = attrs.field(default=30.0, validator=_positive)
+    raise_on_lost_audio: bool = True

@@ -1,0 +1,383 @@
+"""One endpoint's stream inside a routed session: a *leg*.
+
+A leg owns its service, its reader task and its stall watchdog, and moves through an explicit
+:class:`LegState`: ``OPENING`` -> ``REPLAYING`` (catching up with the replay buffer) -> ``LIVE``
+-> ``FINISHING`` -> ``RETIRED``, or ``FAILED`` from any state before ``RETIRED`` (a failed leg
+is retired too once the session gives it up; its ``failure`` stays). Every error an endpoint
+raises goes through one classification, :func:`caller_fault`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any
+
+import attrs
+
+from sttrouter.audio import ENGINE_FORMAT
+from sttrouter.clock import Clock, fail_after
+from sttrouter.endpoint import STTEndpoint
+from sttrouter.errors import (
+    ConfigError,
+    ConnectTimeout,
+    EmptyTranscripts,
+    ErrorKind,
+    NotStreaming,
+    StreamingFailed,
+    StreamStalled,
+    STTError,
+    UnsupportedOption,
+)
+from sttrouter.options import StreamOptions
+from sttrouter.resilience import Permit
+from sttrouter.results import STTResult
+from sttrouter.service import ServiceFactory, STTService
+from sttrouter.session._replay import chunk_has_speech
+from sttrouter.session.ledger import LegUsage
+from sttrouter.session.timeline import BYTES_PER_SECOND, EmptyFinals
+
+__all__ = [
+    "Leg",
+    "LegHooks",
+    "LegSettings",
+    "LegState",
+    "OpenFailure",
+    "caller_fault",
+    "open_leg",
+    "stall_timeout_for",
+]
+
+log = logging.getLogger("sttrouter.session")
+_DEFAULT_OPTIONS = StreamOptions()
+
+
+def stall_timeout_for(endpoint: STTEndpoint, default: float) -> float:
+    """``stall_timeout`` from the endpoint's connection options, else ``default``."""
+    value = endpoint.connection.option("stall_timeout")
+    try:
+        return float(value) if value is not None else default
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"stall_timeout must be a number of seconds, got {value!r}",
+            endpoint=endpoint.id,
+            field="connection.options.stall_timeout",
+        ) from None
+
+
+class LegState(enum.Enum):
+    OPENING = "opening"
+    REPLAYING = "replaying"
+    LIVE = "live"
+    FINISHING = "finishing"
+    RETIRED = "retired"
+    FAILED = "failed"
+
+
+_LISTENING = frozenset({LegState.OPENING, LegState.REPLAYING, LegState.LIVE, LegState.FINISHING})
+
+
+def caller_fault(error: STTError) -> bool:
+    """Whether an error an endpoint raised is the caller's mistake (it goes to the caller; no
+    failover would help). Everything else is the endpoint's failure. ``NotStreaming`` is the
+    endpoint's: the engine closed the stream under the session."""
+    return error.kind is ErrorKind.CALLER and not isinstance(error, NotStreaming)
+
+
+@attrs.frozen
+class LegHooks:
+    """How a leg reports to its session."""
+
+    clock: Clock
+    spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]]
+    on_result: Callable[[Leg, STTResult], Awaitable[None]]
+    on_failure: Callable[[Leg, STTError], None]
+    on_caller_error: Callable[[STTError], Awaitable[None]]
+
+
+@attrs.frozen
+class LegSettings:
+    """Per-endpoint thresholds of a leg."""
+
+    stall_timeout: float
+    finish_timeout: float
+    speech_dbfs: float
+    empty_final_limit: int
+
+
+class Leg:
+    """One endpoint stream of a session (see the module docstring).
+
+    Attributes:
+        offset: session byte position at which this stream's audio starts.
+        fed: session byte position up to which audio has been sent to it.
+        replay_end: where the buffer ended when it opened (audio after it is live).
+        awaiting_since: when speech was sent that no result has answered yet.
+    """
+
+    __slots__ = (
+        "awaiting_since",
+        "confirmed",
+        "empty",
+        "endpoint",
+        "failure",
+        "fed",
+        "hooks",
+        "offset",
+        "permit",
+        "reader",
+        "replay_end",
+        "results",
+        "service",
+        "settings",
+        "state",
+        "wake",
+        "watchdog",
+    )
+
+    def __init__(
+        self,
+        endpoint: STTEndpoint,
+        service: STTService,
+        *,
+        offset: int,
+        permit: Permit,
+        hooks: LegHooks,
+        settings: LegSettings,
+    ) -> None:
+        self.endpoint = endpoint
+        self.service = service
+        self.offset = offset
+        self.fed = offset
+        self.replay_end = offset
+        self.permit = permit
+        self.hooks = hooks
+        self.settings = settings
+        self.state = LegState.OPENING
+        self.failure: STTError | None = None
+        self.confirmed = False
+        self.awaiting_since: float | None = None
+        self.wake = asyncio.Event()
+        self.empty = EmptyFinals(settings.empty_final_limit)
+        self.results: AsyncIterator[STTResult] | None = None
+        self.reader: asyncio.Task[None] | None = None
+        self.watchdog: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"Leg({self.endpoint.id!r}, {self.state.value}, offset={self.offset})"
+
+    @property
+    def listening(self) -> bool:
+        """Its results still count (it has neither failed nor been given up)."""
+        return self.state in _LISTENING
+
+    @property
+    def healthy(self) -> bool:
+        """Open and not failed: audio may be sent to it."""
+        return self.state is LegState.LIVE or self.state is LegState.REPLAYING
+
+    def usage(self) -> LegUsage:
+        replayed = max(0, min(self.fed, self.replay_end) - self.offset)
+        return LegUsage(
+            self.endpoint,
+            (self.fed - self.offset) / BYTES_PER_SECOND,
+            replayed / BYTES_PER_SECOND,
+        )
+
+    # -- life cycle -----------------------------------------------------------------------
+    def start(self, results: AsyncIterator[STTResult], replay_end: int) -> None:
+        """The stream is open: start reading results and watching for stalls. Audio before
+        ``replay_end`` (what the buffer held when it opened) is replayed."""
+        self.results = results
+        self.replay_end = replay_end
+        self.state = LegState.REPLAYING if self.fed < self.replay_end else LegState.LIVE
+        self.reader = self.hooks.spawn(self._read())
+        self.watchdog = self.hooks.spawn(self._watch())
+
+    async def feed(self, data: bytes, end: int) -> None:
+        """Send ``data``, the session audio up to byte position ``end``.
+
+        An endpoint failure fails the leg (the session fails over); a caller error raises."""
+        self.fed = end
+        if self.awaiting_since is None and chunk_has_speech(data, self.settings.speech_dbfs):
+            self.awaiting_since = self.hooks.clock.now()
+            self.wake.set()
+        if self.state is LegState.REPLAYING and end >= self.replay_end:
+            self.state = LegState.LIVE
+        try:
+            await self.service.send_audio(data)
+        except STTError as exc:
+            self._endpoint_error(exc)
+
+    async def finish(self) -> bool:
+        """Stop the stream and wait for its last final; ``False`` when it failed instead."""
+        self.state = LegState.FINISHING
+        self.wake.set()
+        timeout = self.settings.finish_timeout
+        try:
+            async with fail_after(self.hooks.clock, timeout):
+                await self.service.stop_streaming()
+                if self.reader is not None:
+                    await self.reader
+        except TimeoutError:
+            self.fail(StreamStalled(f"did not deliver its last final within {timeout:g}s"))
+            return False
+        except STTError as exc:
+            self._endpoint_error(exc)
+            return False
+        if self.failure is not None:
+            return False
+        if self.empty.pending:
+            # the stream ended on empty finals over speech: the next endpoint gets to hear it
+            self.fail(EmptyTranscripts("empty final over speech at the end of the stream"))
+            return False
+        return True
+
+    def fail(self, error: STTError) -> None:
+        """The endpoint failed: stop listening to it and tell the session (once)."""
+        if not self.listening:
+            return
+        if error.endpoint_id is None:
+            error.endpoint_id = self.endpoint.id
+        self.failure = error
+        self.state = LegState.FAILED
+        self.wake.set()
+        self.hooks.on_failure(self, error)
+
+    def retire(self) -> bool:
+        """Give the leg up: its results are ignored from now on. ``False`` if it already was."""
+        if self.state is LegState.RETIRED:
+            return False
+        self.state = LegState.RETIRED
+        self.wake.set()
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+        self.permit.release()
+        return True
+
+    async def finalize(self) -> None:
+        """Ask the engine for the current utterance's final (the stream stays open)."""
+        try:
+            await self.service.finalize()
+        except STTError as exc:
+            self._endpoint_error(exc)
+
+    async def close(self) -> None:
+        """Retire the leg and close its stream now."""
+        self.retire()
+        if self.service.is_streaming:
+            await quietly_cancel(self.service)
+
+    def _endpoint_error(self, error: STTError) -> None:
+        if caller_fault(error):
+            raise error
+        self.fail(error)
+
+    # -- tasks ----------------------------------------------------------------------------
+    async def _read(self) -> None:
+        assert self.results is not None
+        try:
+            async for r in self.results:
+                if self.listening:
+                    self.awaiting_since = None
+                    await self.hooks.on_result(self, r)
+        except STTError as exc:
+            if caller_fault(exc):
+                await self.hooks.on_caller_error(exc)
+            else:
+                self.fail(exc)
+            return
+        if self.state is not LegState.FINISHING:
+            self.fail(StreamingFailed("the engine ended the stream without an error"))
+
+    async def _watch(self) -> None:
+        timeout = self.settings.stall_timeout
+        clock = self.hooks.clock
+        while self.listening:
+            since = self.awaiting_since
+            if since is None or self.state is LegState.FINISHING:
+                self.wake.clear()
+                await self.wake.wait()
+                continue
+            remaining = since + timeout - clock.now()
+            if remaining > 0:
+                await clock.sleep(remaining)
+                continue
+            self.fail(StreamStalled(f"no result for {timeout:g}s after speech was sent"))
+            return
+
+
+@attrs.frozen
+class OpenFailure:
+    """Why an endpoint could not open a stream.
+
+    Attributes:
+        error: what happened.
+        disqualifies: the endpoint can never serve this session, for this reason.
+        endpoint_at_fault: the failure counts against the endpoint (breaker, health, ledger);
+            ``False`` for an option it cannot honour, which is no fault of the endpoint.
+    """
+
+    error: STTError
+    disqualifies: str | None = None
+    endpoint_at_fault: bool = True
+
+
+async def open_leg(
+    endpoint: STTEndpoint,
+    factory: ServiceFactory,
+    *,
+    options: StreamOptions,
+    connect_timeout: float,
+    offset: int,
+    buffer_end: Callable[[], int],
+    permit: Permit,
+    hooks: LegHooks,
+    settings: LegSettings,
+) -> Leg | OpenFailure:
+    """Build a service for ``endpoint`` and open a stream on it within ``connect_timeout``;
+    the stream replays the session audio from ``offset`` to ``buffer_end()`` at open."""
+    service: STTService | None = None
+    try:
+        service = factory(endpoint)
+        if service.is_streaming:  # a reused instance still closing its last stream
+            await quietly_cancel(service)
+        leg = Leg(
+            endpoint,
+            service,
+            offset=offset,
+            permit=permit,
+            hooks=hooks,
+            settings=settings,
+        )
+        async with fail_after(hooks.clock, connect_timeout):
+            if options == _DEFAULT_OPTIONS:
+                results = await service.start_streaming(ENGINE_FORMAT)
+            else:
+                results = await service.start_streaming(ENGINE_FORMAT, options)
+    except TimeoutError:
+        failure = OpenFailure(ConnectTimeout(f"did not connect within {connect_timeout:g}s"))
+    except UnsupportedOption as exc:
+        failure = OpenFailure(exc, disqualifies=exc.message, endpoint_at_fault=False)
+    except STTError as exc:
+        failure = OpenFailure(exc)
+    except Exception as exc:  # a factory or adapter bug: this endpoint is unusable
+        error = StreamingFailed(f"could not build a service: {type(exc).__name__}: {exc}")
+        failure = OpenFailure(error, disqualifies=error.message)
+    else:
+        leg.start(results, buffer_end())
+        return leg
+    if service is not None:
+        await quietly_cancel(service)
+    if failure.error.endpoint_id is None:
+        failure.error.endpoint_id = endpoint.id
+    return failure
+
+
+async def quietly_cancel(service: STTService) -> None:
+    try:
+        await service.cancel_streaming()
+    except Exception as exc:  # closing a broken engine may fail; nothing to report
+        log.debug("cancel_streaming on %s failed: %r", service.endpoint.id, exc)

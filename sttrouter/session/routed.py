@@ -1,0 +1,723 @@
+"""The orchestrator of a routed session: one stream over a chain of endpoints.
+
+The pure pieces it drives are :mod:`~sttrouter.session.timeline` (re-basing, de-duplication,
+empty finals), :mod:`~sttrouter.session.candidates` (which endpoint may take the stream),
+:mod:`~sttrouter.session.leg` (one endpoint stream with its reader and watchdog) and
+:mod:`~sttrouter.session.ledger` (usage and cost). See :mod:`sttrouter.session`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import random
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from decimal import Decimal
+from typing import Any
+
+from sttrouter.clock import Clock
+from sttrouter.endpoint import Provider, STTEndpoint
+from sttrouter.errors import (
+    ConfigError,
+    EmptyTranscripts,
+    ErrorKind,
+    NoEndpointAvailable,
+    StreamingFailed,
+    STTError,
+    UnsupportedOption,
+)
+from sttrouter.events import EventListener, EventLog, RouteEvent, RouteEventKind
+from sttrouter.options import StreamOptions
+from sttrouter.panel.device import Conditions
+from sttrouter.resilience import (
+    AdmissionController,
+    AdmissionRefused,
+    AvailabilityView,
+    BreakerBoard,
+    BreakerState,
+    Permit,
+    RetryPolicy,
+    all_available,
+)
+from sttrouter.results import STTResult
+from sttrouter.service import BaseSTTService, ServiceFactory, STTService
+from sttrouter.session._replay import ReplayBuffer
+from sttrouter.session.candidates import Candidate, Standing, candidates
+from sttrouter.session.config import Decider, SessionConfig
+from sttrouter.session.ledger import EndpointUsage, UsageLedger
+from sttrouter.session.leg import (
+    Leg,
+    LegHooks,
+    LegSettings,
+    LegState,
+    open_leg,
+    quietly_cancel,
+    stall_timeout_for,
+)
+from sttrouter.session.timeline import EmptyVerdict, Timeline
+
+__all__ = ["RoutedSession", "StreamState"]
+
+log = logging.getLogger("sttrouter.session")
+
+_PLACEHOLDER = STTEndpoint(
+    id="routed", provider=Provider.FAKE, display_name="routed session (no endpoint open)"
+)
+
+
+class StreamState(enum.Enum):
+    """Where the session's stream stands."""
+
+    IDLE = "idle"
+    OPENING = "opening"
+    LIVE = "live"
+    """The serving leg is caught up: each chunk goes straight to it."""
+    MOVING = "moving"
+    """A failover, switch or catch-up owns the stream: chunks are only buffered."""
+    FINISHING = "finishing"
+
+
+class RoutedSession(BaseSTTService):
+    """An :class:`STTService` over a chain of endpoints, with lossless mid-stream failover.
+
+    Give it either an explicit ``chain`` or a ``router`` (plus ``conditions`` and
+    ``language``); with a router the chain comes from ``router.decide(conditions, language,
+    health=<breakers and health>)`` at every start, failover and utterance boundary, and
+    :meth:`update_conditions` re-routes at the next utterance boundary.
+
+    ``endpoint`` is the endpoint serving now (the first of the chain before a stream starts);
+    every result carries the ``endpoint_id`` that produced it, on the session's timeline.
+    ``start_streaming(fmt, options)`` passes the :class:`~sttrouter.options.StreamOptions` to
+    every endpoint stream it opens; an endpoint that cannot honour them is skipped.
+
+    Args:
+        chain: endpoints to use, best first.
+        router: decides the chain instead of ``chain``.
+        conditions: device tier/network/thermal for the router.
+        language: BCP-47 code the router must honour.
+        service_factory: builds a fresh service per endpoint stream (default
+            :func:`sttrouter.providers.create_service` with this session's clock).
+        clock: time source for every deadline (a ``FakeClock`` in tests).
+        breakers: a board shared between sessions (default: a private one).
+        health: an extra health view, e.g. a :class:`~sttrouter.resilience.HealthMonitor`.
+        admission: concurrency limits shared between sessions (default: a private one).
+        retry: how often to sweep the whole chain again when every endpoint failed, with
+            backoff (the sweep count resets whenever a final arrives).
+        config: buffer size and detection thresholds.
+        on_event: called with every :class:`RouteEvent`.
+        rng: source of retry jitter (seed it for reproducible runs).
+    """
+
+    def __init__(
+        self,
+        chain: Sequence[STTEndpoint] | None = None,
+        *,
+        router: Decider | None = None,
+        conditions: Conditions | None = None,
+        language: str | None = None,
+        service_factory: ServiceFactory | None = None,
+        clock: Clock | None = None,
+        breakers: BreakerBoard | None = None,
+        health: AvailabilityView | None = None,
+        admission: AdmissionController | None = None,
+        retry: RetryPolicy | None = None,
+        config: SessionConfig | None = None,
+        on_event: EventListener | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if (chain is None) == (router is None):
+            raise ConfigError("give a RoutedSession either a chain of endpoints or a router")
+        if chain is not None and not chain:
+            raise ConfigError("a RoutedSession needs at least one endpoint in its chain")
+        self._static = tuple(chain) if chain is not None else None
+        self._router = router
+        self._conditions = conditions or Conditions()
+        self._language = language
+        super().__init__(self._static[0] if self._static else _PLACEHOLDER, clock=clock)
+        self._breakers = breakers or BreakerBoard(clock=self.clock)
+        self._health = health
+        self._view = all_available(self._breakers, health)
+        self._admission = admission or AdmissionController(clock=self.clock)
+        self._retry = retry or RetryPolicy()
+        self._rng = rng or random.Random()
+        self.config = config or SessionConfig()
+        self._factory = service_factory or self._default_factory
+        self._events = EventLog(on_event)
+        self._ledger = UsageLedger()
+        self.metrics.price_by(self._ledger_cost)
+        self._hooks = LegHooks(
+            self.clock, self._spawn, self._on_result, self._on_leg_failure, self._fail_stream
+        )
+        self._chain = self._decide()
+        if self._chain:
+            self.endpoint = self._chain[0]
+        self._buf = ReplayBuffer(self.config.replay_seconds)
+        self._chunk_bytes = max(2, self._buf.format.bytes_for(self.config.replay_chunk_seconds))
+        self._lock = asyncio.Lock()
+        self._stream_state = StreamState.IDLE
+        self._legs: list[Leg] = []  # open legs (the serving one and any still finishing)
+        self._closing: list[STTService] = []  # given-up services closing in the background
+        self._failed_at: dict[str, float] = {}
+        self._unusable: dict[str, str] = {}
+        self.uncovered: list[tuple[float, float]] = []
+        """Spans of session audio that could not be transcribed (replay-buffer overflow)."""
+        self._reset_stream_state()
+
+    def _reset_stream_state(self) -> None:
+        self._buf.reset()
+        self._timeline = Timeline()
+        self._leg: Leg | None = None
+        self._trim_floor: int | None = None  # a leg opening now replays from here
+        self._sweeps = 0
+        self._overflow_reported = False
+        self._recovery: asyncio.Task[None] | None = None
+        self._reroute: str | None = None
+        self._finalize_pending = False
+        self._refusals: dict[str, str] = {}  # endpoints that cannot honour this stream's options
+        self._refused: list[UnsupportedOption] = []
+        self.uncovered = []
+
+    # -- public surface -------------------------------------------------------------------
+    @property
+    def chain(self) -> tuple[STTEndpoint, ...]:
+        """The chain the session currently routes along."""
+        return self._chain
+
+    @property
+    def breakers(self) -> BreakerBoard:
+        return self._breakers
+
+    @property
+    def conditions(self) -> Conditions:
+        return self._conditions
+
+    @property
+    def stream_state(self) -> StreamState:
+        return self._stream_state
+
+    def events(self) -> AsyncIterator[RouteEvent]:
+        """Route events of the current (or next) stream, until that stream ends."""
+        return self._events.iterate()
+
+    @property
+    def history(self) -> tuple[RouteEvent, ...]:
+        """Route events of the current (or last) stream."""
+        return tuple(self._events.history)
+
+    def update_conditions(self, conditions: Conditions) -> None:
+        """Re-decide with new conditions; a changed decision moves the stream at the next
+        utterance boundary, without losing audio."""
+        if self._router is None:
+            raise ConfigError(
+                "update_conditions needs a RoutedSession built with a router; "
+                "this one has a fixed chain"
+            )
+        self._conditions = conditions
+        self._chain = self._decide()
+        leg = self._leg
+        if leg is not None and self._higher_endpoint(leg) is not None:
+            self._reroute = f"conditions changed ({_describe(conditions)})"
+
+    def usage(self) -> dict[str, EndpointUsage]:
+        """Audio and cost per endpoint over the session's life (all streams)."""
+        return self._ledger.usage(leg.usage() for leg in self._legs)
+
+    @property
+    def cost(self) -> Decimal:
+        """What the session's audio cost across endpoints (replays included)."""
+        return self._ledger_cost()
+
+    @property
+    def cost_per_hour(self) -> Decimal:
+        return self.endpoint.cost_per_hour
+
+    def check_options(self, options: StreamOptions) -> None:
+        """Every option is accepted here: each endpoint stream checks them when it opens."""
+
+    async def probe(self) -> None:
+        """Probe the first endpoint of the chain (bills nothing)."""
+        if not self._chain:
+            raise NoEndpointAvailable("the router found no endpoint for these conditions")
+        await self._factory(self._chain[0]).probe()
+
+    # -- BaseSTTService hooks -------------------------------------------------------------
+    async def _open(self) -> None:
+        self._reset_stream_state()
+        self._events.begin()
+        self._stream_state = StreamState.OPENING
+        async with self._lock:
+            leg = await self._acquire(previous=None)
+        self._serve(leg)
+        self._stream_state = StreamState.LIVE
+        self._event(RouteEventKind.SELECTED, leg.endpoint.id, reason=self._rank(leg.endpoint))
+
+    async def _send(self, pcm: bytes) -> None:
+        buf = self._buf
+        before = buf.end
+        dropped = buf.append(pcm)
+        if dropped is not None:
+            self._report_overflow(dropped)
+        if self._stream_state is not StreamState.LIVE:
+            return  # whoever owns the stream catches up with the buffer
+        leg = self._leg
+        if leg is not None and leg.state is LegState.LIVE and leg.fed == before:
+            await leg.feed(pcm, buf.end)  # live and caught up: the common case
+        elif leg is None or not leg.healthy:
+            self._start_failover()  # the caller never waits for a failover
+        else:
+            async with self._owning():
+                await self._catch_up()
+
+    async def _finalize(self) -> None:
+        self._finalize_pending = True  # applied once the serving leg has caught up
+        if self._stream_state is StreamState.LIVE:
+            async with self._owning():
+                await self._catch_up()
+
+    async def _finish(self) -> None:
+        self._stream_state = StreamState.FINISHING
+        async with self._lock:
+            while True:
+                await self._catch_up()
+                leg = self._leg
+                assert leg is not None
+                if await leg.finish():
+                    self._breakers.breaker(leg.endpoint.id).record_success()
+                    await self._close_leg(leg)
+                    self._raise_if_audio_lost()
+                    return
+
+    async def _abort(self) -> None:
+        self._stream_state = StreamState.FINISHING
+        await self._close_all()
+
+    async def _teardown(self, stream: Any) -> None:
+        self._stream_state = StreamState.FINISHING
+        await self._close_all()
+        await super()._teardown(stream)
+        self._events.end()
+        self._stream_state = StreamState.IDLE
+
+    # -- the data path --------------------------------------------------------------------
+    @asynccontextmanager
+    async def _owning(self) -> AsyncIterator[None]:
+        """Hold the stream: chunks only buffer meanwhile, and the holder catches up."""
+        async with self._lock:
+            if self._stream_state is StreamState.LIVE:
+                self._stream_state = StreamState.MOVING
+            try:
+                yield
+            finally:
+                if self._stream_state is StreamState.MOVING:
+                    self._stream_state = StreamState.LIVE
+
+    async def _catch_up(self) -> None:
+        """Bring the serving leg up to date with the buffer, failing over as needed (and
+        apply a pending finalize once it has caught up). Runs only under ``self._lock``."""
+        buf = self._buf
+        while True:
+            leg = self._leg
+            if leg is None or not leg.healthy:
+                await self._fail_over(leg)
+                continue
+            if leg.fed < buf.end:
+                data = buf.read(leg.fed, self._chunk_bytes)
+                await leg.feed(data, max(leg.fed, buf.start) + len(data))
+            elif self._finalize_pending:
+                await leg.finalize()
+                self._finalize_pending = not leg.healthy  # a failed leg's successor gets it
+            else:
+                return
+
+    def _start_failover(self) -> None:
+        """Fail over in the background unless one is pending or the stream is not live."""
+        if self._recovery is not None or self._stream_state is not StreamState.LIVE:
+            return
+        self._stream_state = StreamState.MOVING
+        self._recovery = self._spawn(self._recover())
+
+    async def _recover(self) -> None:
+        try:
+            async with self._owning():
+                if self._stream_state is not StreamState.FINISHING:
+                    try:
+                        await self._catch_up()
+                    except STTError as exc:
+                        await self._fail_stream(exc)
+        finally:
+            self._recovery = None
+
+    async def _fail_over(self, old: Leg | None) -> None:
+        if old is not None:
+            self._drop_leg(old)
+        self._leg = None
+        lost = self._timeline.lost_to_overflow(self._buf.start)
+        if lost is not None:  # the buffer overflowed: that audio is gone
+            span = (self._buf.seconds(lost[0]), self._buf.seconds(lost[1]))
+            self.uncovered.append(span)
+            self._event(
+                RouteEventKind.OVERFLOW,
+                old.endpoint.id if old else None,
+                reason="audio dropped from the full replay buffer could not be replayed",
+                interval=span,
+            )
+        leg = await self._acquire(previous=old)
+        self._serve(leg)
+        self.metrics.failovers += 1
+        failure = old.failure if old is not None else None
+        self._event(
+            RouteEventKind.FAILOVER,
+            leg.endpoint.id,
+            previous=old.endpoint.id if old else None,
+            reason=failure.message if failure is not None else "",
+            interval=self._replay_span(leg),
+        )
+
+    def _on_leg_failure(self, leg: Leg, error: STTError) -> None:
+        self._record_failure(leg.endpoint, error)
+        if leg is self._leg:
+            self._start_failover()
+
+    async def _fail_stream(self, error: STTError) -> None:
+        """End the caller's stream with ``error`` (a caller error, or nothing left to serve)."""
+        await self._close_all()
+        self._fail(error)
+
+    # -- results --------------------------------------------------------------------------
+    async def _on_result(self, leg: Leg, result: STTResult) -> None:
+        timeline = self._timeline
+        res = timeline.place(result, leg.offset)
+        if not res.is_final:
+            if timeline.shows_interim(res):
+                await self._emit(res)
+            return
+        if not res.transcript.strip():
+            lo, hi = timeline.position(res.start), timeline.position(res.end)
+            speech = self._buf.has_speech(lo, hi, self.config.speech_dbfs)
+            verdict = leg.empty.on_empty(res, speech=speech)
+            if verdict is EmptyVerdict.DELIVER:
+                await self._deliver_final(res)
+            elif verdict is EmptyVerdict.FAIL:
+                leg.fail(
+                    EmptyTranscripts(
+                        f"{leg.empty.run} empty finals in a row over audio with speech "
+                        f"energy (from {leg.empty.withheld[0].start:.2f}s)"
+                    )
+                )
+            return
+        for withheld in leg.empty.on_text():
+            await self._deliver_final(withheld)
+        await self._deliver_final(res)
+        if not leg.confirmed:
+            leg.confirmed = True
+            self._breakers.breaker(leg.endpoint.id).record_success()
+            self._observe_health(leg.endpoint.id, True)
+        if res.is_end_of_utterance:
+            self._at_boundary(leg)
+
+    async def _deliver_final(self, result: STTResult) -> None:
+        kept = self._timeline.admit_final(result)
+        if kept is None:
+            return  # already finalised by an earlier endpoint
+        await self._emit(kept)
+        if self._timeline.advance(kept, self._buf.end):
+            self._sweeps = 0
+            self._overflow_reported = False
+            pos, floor = self._timeline.final_pos, self._trim_floor
+            self._buf.trim(pos if floor is None else min(pos, floor))
+
+    # -- switch-back and re-route ---------------------------------------------------------
+    def _at_boundary(self, leg: Leg) -> None:
+        if leg is not self._leg or self._stream_state is StreamState.FINISHING:
+            return
+        if not self.config.switch_back:
+            return
+        if self._router is not None:
+            self._chain = self._decide()
+        target = self._higher_endpoint(leg)
+        if target is None:
+            self._reroute = None
+            return
+        self._spawn(self._switch(leg, target))
+
+    def _higher_endpoint(self, leg: Leg) -> STTEndpoint | None:
+        """A higher-priority endpoint than ``leg``'s that could take the stream now."""
+        walk = self._walk(above=leg.endpoint.id, with_capacity=True)
+        return next((c.endpoint for c in walk if c.usable), None)
+
+    async def _switch(self, old: Leg, target: STTEndpoint) -> None:
+        async with self._owning():
+            if (
+                old is not self._leg
+                or not old.healthy
+                or self._stream_state is StreamState.FINISHING
+            ):
+                return
+            reroute, self._reroute = self._reroute, None
+            if target.id in self._failed_at and reroute is None:
+                self._event(
+                    RouteEventKind.RECOVERED, target.id, reason="breaker and health allow it"
+                )
+            opened = await self._open_on(target, queue=False)
+            if isinstance(opened, Leg):
+                self._drop_leg(old)
+                self._serve(opened)
+                self._event(
+                    RouteEventKind.REROUTED if reroute else RouteEventKind.SWITCHED_BACK,
+                    opened.endpoint.id,
+                    previous=old.endpoint.id,
+                    reason=reroute or "a higher-priority endpoint is usable again",
+                    interval=self._replay_span(opened),
+                )
+            await self._catch_up()  # the new leg replays; or the old one catches up
+
+    # -- choosing and opening endpoints -----------------------------------------------------
+    def _default_factory(self, endpoint: STTEndpoint) -> STTService:
+        from sttrouter.providers import create_service
+
+        return create_service(endpoint, clock=self.clock)
+
+    def _decide(self) -> tuple[STTEndpoint, ...]:
+        if self._static is not None:
+            return self._static
+        assert self._router is not None
+        language = self.stream_options.language or self._language
+        return tuple(self._router.decide(self._conditions, language, health=self._view).chain)
+
+    def _standing(self) -> Standing:
+        unusable = {**self._unusable, **self._refusals} if self._refusals else self._unusable
+        return Standing(unusable, self._failed_at, self.clock.now(), self.config.retry_failed_after)
+
+    def _walk(
+        self, *, above: str | None = None, with_capacity: bool = False, retrying: bool = False
+    ) -> list[Candidate]:
+        return candidates(
+            self._chain,
+            self._standing(),
+            # a router's chain already reflects the availability view: check it only once
+            available=self._view.is_available if self._router is None else None,
+            has_capacity=self._admission.has_capacity if with_capacity else None,
+            above=above,
+            include_recent_failures=retrying,
+        )
+
+    async def _acquire(self, previous: Leg | None) -> Leg:
+        """Open the best usable endpoint, sweeping the chain again per the retry policy."""
+        attempts: list[tuple[str, str]] = []
+        last: STTError | None = None
+        retrying = False
+        while True:
+            if self._router is not None:
+                self._chain = self._decide()
+            tried = False
+            for candidate in self._walk(retrying=retrying):
+                eid = candidate.endpoint.id
+                if candidate.skip is not None:
+                    attempts.append((eid, candidate.skip))
+                    continue
+                opened = await self._open_on(candidate.endpoint, queue=True)
+                if isinstance(opened, Leg):
+                    return opened
+                attempts.append((eid, opened.message))
+                if not isinstance(opened, UnsupportedOption):
+                    tried, last = True, opened
+            self._sweeps += 1
+            error = last or StreamingFailed("every endpoint was skipped")
+            recently_failed = self._standing().recently_failed(self._chain)
+            if not (tried or recently_failed) or not self._retry.should_retry(error, self._sweeps):
+                raise self._no_endpoint(attempts, previous)
+            delay = self._retry.delay_after(error, self._sweeps, self._rng)
+            log.info("every endpoint failed; sweeping the chain again in %.3fs", delay)
+            retrying = True
+            await self.clock.sleep(delay)
+
+    async def _open_on(self, endpoint: STTEndpoint, *, queue: bool) -> Leg | STTError:
+        """Open a leg on ``endpoint`` (waiting in its admission queue when ``queue``)."""
+        breaker = self._breakers.breaker(endpoint.id)
+        if not breaker.try_acquire():
+            return StreamingFailed("circuit open", endpoint_id=endpoint.id)
+        trial = breaker.state is BreakerState.HALF_OPEN
+        permit = await self._admit(endpoint, queue=queue)
+        if isinstance(permit, AdmissionRefused):
+            if trial:
+                breaker.release()
+            return permit
+        self._trim_floor = self._buf.start  # finals meanwhile must not trim what it replays
+        try:
+            opened = await open_leg(
+                endpoint,
+                self._factory,
+                options=self.stream_options,
+                connect_timeout=self.config.connect_timeout,
+                offset=self._buf.start,
+                buffer_end=lambda: self._buf.end,
+                permit=permit,
+                hooks=self._hooks,
+                settings=self._leg_settings(endpoint),
+            )
+        finally:
+            self._trim_floor = None
+        if isinstance(opened, Leg):
+            self._legs.append(opened)
+            return opened
+        permit.release()
+        error = opened.error
+        if isinstance(error, UnsupportedOption):
+            self._refusals[endpoint.id] = error.message
+            self._refused.append(error)
+        elif opened.disqualifies is not None:
+            self._unusable[endpoint.id] = opened.disqualifies
+        if opened.endpoint_at_fault:
+            self._record_failure(endpoint, error)
+        elif trial:
+            breaker.release()
+        return error
+
+    async def _admit(self, endpoint: STTEndpoint, *, queue: bool) -> Permit | AdmissionRefused:
+        if not queue:
+            permit = self._admission.try_acquire(endpoint)
+            if permit is not None:
+                return permit
+            return AdmissionRefused("at its concurrency limit", endpoint_id=endpoint.id)
+        if not self._admission.has_capacity(endpoint):
+            self._event(
+                RouteEventKind.QUEUED,
+                endpoint.id,
+                reason=f"at its limit of {endpoint.max_concurrent_sessions} sessions",
+            )
+        try:
+            return await self._admission.acquire(endpoint)
+        except AdmissionRefused as exc:
+            return exc
+
+    def _leg_settings(self, endpoint: STTEndpoint) -> LegSettings:
+        cfg = self.config
+        return LegSettings(
+            stall_timeout_for(endpoint, cfg.stall_timeout),
+            cfg.finish_timeout,
+            cfg.speech_dbfs,
+            cfg.empty_final_limit,
+        )
+
+    def _no_endpoint(
+        self, attempts: list[tuple[str, str]], previous: Leg | None
+    ) -> NoEndpointAvailable:
+        start, end = self._timeline.final_pos, self._buf.end
+        uncovered = (self._buf.seconds(start), self._buf.seconds(end)) if end > start else None
+        what = "took over the stream" if previous is not None else "could open a stream"
+        if self._refused:
+            names = sorted({f"{e.option}={e.value!r}" for e in self._refused})
+            what += f" (stream option {', '.join(names)} refused)"
+        last = dict(attempts)  # one entry per endpoint, its last reason
+        return NoEndpointAvailable(
+            f"no endpoint of the chain {what}", uncovered=uncovered, attempts=tuple(last.items())
+        )
+
+    def _record_failure(self, endpoint: STTEndpoint, error: STTError) -> None:
+        eid = endpoint.id
+        self._failed_at[eid] = self.clock.now()
+        self._ledger.record_failure(endpoint)
+        breaker = self._breakers.breaker(eid)
+        if error.kind is ErrorKind.PERMANENT or error.kind is ErrorKind.CALLER:
+            self._unusable[eid] = error.message
+            breaker.trip(error.message)
+        else:
+            breaker.record_failure(error.message)
+        self._observe_health(eid, False, error.message)
+        self._event(RouteEventKind.FAILED, eid, reason=f"{type(error).__name__}: {error.message}")
+
+    def _observe_health(self, endpoint_id: str, ok: bool, reason: str = "") -> None:
+        observe = getattr(self._health, "observe", None)
+        if callable(observe):
+            if ok:
+                observe(endpoint_id, True)
+            else:
+                observe(endpoint_id, False, reason)
+
+    # -- bookkeeping ----------------------------------------------------------------------
+    def _serve(self, leg: Leg) -> None:
+        """Make ``leg`` the one serving the stream."""
+        self._leg = leg
+        self.endpoint = leg.endpoint
+
+    def _rank(self, endpoint: STTEndpoint) -> str:
+        ids = [ep.id for ep in self._chain]
+        if endpoint.id not in ids:
+            return ""
+        return f"rank {ids.index(endpoint.id) + 1} of {len(ids)} in the chain"
+
+    def _replay_span(self, leg: Leg) -> tuple[float, float]:
+        return (self._buf.seconds(leg.offset), self._buf.seconds(self._buf.end))
+
+    def _ledger_cost(self) -> Decimal:
+        return self._ledger.cost(leg.usage() for leg in self._legs)
+
+    def _raise_if_audio_lost(self) -> None:
+        """No audio is lost silently: what no final covers reaches the caller as an error."""
+        if not self.uncovered or not self.config.raise_on_lost_audio:
+            return
+        more = len(self.uncovered) - 1
+        raise NoEndpointAvailable(
+            "audio that overflowed the replay buffer could not be replayed after a failover"
+            + (f" ({more} more span(s) in session.uncovered)" if more else "")
+            + "; raise SessionConfig.replay_seconds for engines that finalise rarely",
+            uncovered=self.uncovered[0],
+        )
+
+    def _report_overflow(self, dropped: tuple[int, int]) -> None:
+        if self._overflow_reported:
+            return  # one event per episode, not one per chunk
+        self._overflow_reported = True
+        self._event(
+            RouteEventKind.OVERFLOW,
+            self.endpoint.id,
+            reason=f"no final for {self.config.replay_seconds:g}s: the oldest audio can no "
+            "longer be replayed if this endpoint fails",
+            interval=(self._buf.seconds(dropped[0]), self._buf.seconds(dropped[1])),
+        )
+
+    def _retire(self, leg: Leg) -> None:
+        """Stop listening to ``leg`` and book what it carried."""
+        if leg.retire() and leg in self._legs:
+            self._legs.remove(leg)
+            self._ledger.record_stream(leg.usage())
+
+    async def _close_leg(self, leg: Leg) -> None:
+        self._retire(leg)
+        await leg.close()
+
+    def _drop_leg(self, leg: Leg) -> None:
+        """Retire ``leg`` and close its connection in the background: a dead socket's close
+        handshake must not delay the failover."""
+        self._retire(leg)
+        if leg.service.is_streaming and self.is_streaming:
+            self._closing.append(leg.service)
+            self._spawn(quietly_cancel(leg.service))
+
+    async def _close_all(self) -> None:
+        for leg in list(self._legs):
+            await self._close_leg(leg)
+        closing, self._closing = self._closing, []
+        for service in closing:
+            if service.is_streaming:
+                await quietly_cancel(service)
+
+    def _event(
+        self,
+        kind: RouteEventKind,
+        endpoint_id: str | None,
+        *,
+        previous: str | None = None,
+        reason: str = "",
+        interval: tuple[float, float] | None = None,
+    ) -> None:
+        audio_time = self._buf.seconds(self._buf.end)
+        self._events.emit(
+            RouteEvent(kind, endpoint_id, previous, reason, audio_time, self.clock.now(), interval)
+        )
+
+
+def _describe(c: Conditions) -> str:
+    return f"tier {c.tier.value}, network {c.network.value}, thermal {c.thermal.value}"
