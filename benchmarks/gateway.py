@@ -62,7 +62,7 @@ _SERVER_LAT: list[float] = []
 def _instrument() -> None:
     """Inside the gateway process: time each frame from its arrival to its partial's send."""
     from sttrouter.gateway import protocol as gw
-    from sttrouter.gateway import server as srv
+    from sttrouter.gateway import websocket as srv
 
     audio, send = srv._Session._audio, srv._Sender.send
 

@@ -15,7 +15,7 @@ from sttrouter.errors import (
     StreamingFailed,
     STTError,
 )
-from sttrouter.wire.errors import from_close_code, from_http_status, mentions_quota
+from sttrouter.wire.errors import from_close_code, from_http_status, mentions_quota, retry_after
 
 
 @pytest.mark.parametrize(
@@ -30,6 +30,8 @@ from sttrouter.wire.errors import from_close_code, from_http_status, mentions_qu
         (404, "", EndpointMisconfigured, ErrorKind.PERMANENT),
         (400, "failed to process audio", AudioFormatError, ErrorKind.CALLER),
         (415, "unsupported audio", AudioFormatError, ErrorKind.CALLER),
+        (413, "too big", AudioFormatError, ErrorKind.CALLER),
+        (409, "", EndpointMisconfigured, ErrorKind.PERMANENT),
         (408, "", ConnectionFailed, ErrorKind.TRANSIENT),
         (500, "", ConnectionFailed, ErrorKind.TRANSIENT),
         (503, "busy", ConnectionFailed, ErrorKind.TRANSIENT),
@@ -46,6 +48,22 @@ def test_http_status(status: int, detail: str, error: type[STTError], kind: Erro
 def test_http_status_after_the_stream_opened_is_a_streaming_failure() -> None:
     err = from_http_status(502, vendor="V", during_connect=False)
     assert type(err) is StreamingFailed
+
+
+def test_rate_limit_carries_retry_after_and_rejections_carry_the_hint() -> None:
+    assert [retry_after(v) for v in ("2.5", "0", None, "", "-1", "Wed, 21 Oct 2015")] == [
+        2.5,
+        0.0,
+        None,
+        None,
+        None,
+        None,
+    ]
+    limited = from_http_status(429, vendor="V", retry_after=2.5)
+    assert isinstance(limited, RateLimited)
+    assert limited.retry_after == 2.5
+    rejected = from_http_status(404, "no such model", vendor="V", hint="check the model")
+    assert str(rejected).endswith("; check the model")
 
 
 def test_auth_message_names_the_variable_not_the_key() -> None:

@@ -8,6 +8,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sttrouter.errors import (
+    AuthenticationFailed,
+    ConfigError,
+    ConnectionFailed,
+    EndpointMisconfigured,
+    ErrorKind,
+    MissingDependency,
+    QuotaExceeded,
+    StreamingFailed,
+    UnsupportedOption,
+)
 from sttrouter.gateway import protocol as gw
 from sttrouter.results import STTResult, WordTimestamp
 
@@ -93,6 +104,46 @@ def test_recoverable_codes() -> None:
         gw.ErrorCode.RATE_LIMIT_EXCEEDED,
         gw.ErrorCode.INVALID_MESSAGE,
     }
+
+
+@pytest.mark.parametrize(("code", "error", "advice"), gw.ERROR_TABLE)
+def test_every_error_code_round_trips_through_its_error(
+    code: gw.ErrorCode, error: type[Exception], advice: str
+) -> None:
+    """The client raises the row's error for the code; the server answers it with the code."""
+    raised = gw.error_for(code, "the message")
+    assert type(raised) is error
+    assert "the message" in str(raised)
+    assert advice in str(raised)
+    assert gw.code_for(raised) is code
+
+
+def test_the_table_covers_every_code_once() -> None:
+    codes = [code for code, _, _ in gw.ERROR_TABLE]
+    assert sorted(codes) == sorted(gw.ErrorCode)
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (ConnectionFailed("engine down"), gw.ErrorCode.MODEL_UNAVAILABLE),
+        (EndpointMisconfigured("bad url"), gw.ErrorCode.MODEL_UNAVAILABLE),
+        (QuotaExceeded("no credit"), gw.ErrorCode.MODEL_UNAVAILABLE),
+        (AuthenticationFailed("engine key"), gw.ErrorCode.AUTHENTICATION_FAILED),
+        (ConfigError("engine config"), gw.ErrorCode.INTERNAL_ERROR),
+        (MissingDependency("numpy", "offline"), gw.ErrorCode.INTERNAL_ERROR),
+        (UnsupportedOption("prompt", "offline"), gw.ErrorCode.INTERNAL_ERROR),
+    ],
+)
+def test_engine_errors_map_to_codes(error: Exception, code: gw.ErrorCode) -> None:
+    assert gw.code_for(error) is code  # type: ignore[arg-type]
+
+
+def test_unknown_codes_are_failures_and_kinds_follow_the_rows() -> None:
+    unknown = gw.error_for("QUOTA", "m")
+    assert type(unknown) is StreamingFailed
+    assert gw.error_for(gw.ErrorCode.BUFFER_OVERFLOW, "m").kind is ErrorKind.TRANSIENT
+    assert gw.error_for(gw.ErrorCode.INVALID_MESSAGE, "m").kind is ErrorKind.PERMANENT
 
 
 def test_lenient_server_error_parsing() -> None:
