@@ -22,40 +22,31 @@ from sttrouter.endpoint import Provider, STTEndpoint
 from sttrouter.errors import (
     ConfigError,
     EmptyTranscripts,
-    ErrorKind,
     NoEndpointAvailable,
-    StreamingFailed,
     STTError,
-    UnsupportedOption,
 )
 from sttrouter.events import EventListener, EventLog, RouteEvent, RouteEventKind
 from sttrouter.options import StreamOptions
 from sttrouter.panel.device import Conditions
 from sttrouter.resilience import (
     AdmissionController,
-    AdmissionRefused,
     AvailabilityView,
     BreakerBoard,
-    BreakerState,
-    Permit,
     RetryPolicy,
     all_available,
 )
 from sttrouter.results import STTResult
 from sttrouter.service import BaseSTTService, ServiceFactory, STTService
 from sttrouter.session._replay import ReplayBuffer
-from sttrouter.session.candidates import Candidate, Standing, candidates
 from sttrouter.session.config import Decider, SessionConfig
 from sttrouter.session.ledger import EndpointUsage, UsageLedger
 from sttrouter.session.leg import (
     Leg,
     LegHooks,
-    LegSettings,
     LegState,
-    open_leg,
     quietly_cancel,
-    stall_timeout_for,
 )
+from sttrouter.session.opening import EndpointOpener
 from sttrouter.session.timeline import EmptyVerdict, Timeline
 
 __all__ = ["RoutedSession", "StreamState"]
@@ -131,59 +122,64 @@ class RoutedSession(BaseSTTService):
             raise ConfigError("give a RoutedSession either a chain of endpoints or a router")
         if chain is not None and not chain:
             raise ConfigError("a RoutedSession needs at least one endpoint in its chain")
-        self._static = tuple(chain) if chain is not None else None
-        self._router = router
-        self._conditions = conditions or Conditions()
-        self._language = language
-        super().__init__(self._static[0] if self._static else _PLACEHOLDER, clock=clock)
-        self._breakers = breakers or BreakerBoard(clock=self.clock)
-        self._health = health
-        self._view = all_available(self._breakers, health)
-        self._admission = admission or AdmissionController(clock=self.clock)
-        self._retry = retry or RetryPolicy()
-        self._rng = rng or random.Random()
+        static = tuple(chain) if chain is not None else None
+        super().__init__(static[0] if static else _PLACEHOLDER, clock=clock)
         self.config = config or SessionConfig()
-        self._factory = service_factory or self._default_factory
+        self._breakers = breakers or BreakerBoard(clock=self.clock)
         self._events = EventLog(on_event)
         self._ledger = UsageLedger()
         self.metrics.price_by(self._ledger_cost)
-        self._hooks = LegHooks(
-            self.clock, self._spawn, self._on_result, self._on_leg_failure, self._fail_stream
-        )
-        self._chain = self._decide()
-        if self._chain:
-            self.endpoint = self._chain[0]
         self._buf = ReplayBuffer(self.config.replay_seconds)
         self._chunk_bytes = max(2, self._buf.format.bytes_for(self.config.replay_chunk_seconds))
+        self._timeline = Timeline()
+        self._endpoints = EndpointOpener(
+            static=static,
+            router=router,
+            conditions=conditions or Conditions(),
+            language=language,
+            factory=service_factory or self._default_factory,
+            clock=self.clock,
+            breakers=self._breakers,
+            health=health,
+            view=all_available(self._breakers, health),
+            admission=admission or AdmissionController(clock=self.clock),
+            retry=retry or RetryPolicy(),
+            rng=rng or random.Random(),
+            config=self.config,
+            ledger=self._ledger,
+            buffer=self._buf,
+            timeline=self._timeline,
+            hooks=LegHooks(
+                self.clock, self._spawn, self._on_result, self._on_leg_failure, self._fail_stream
+            ),
+            event=self._event,
+        )
+        if self._endpoints.chain:
+            self.endpoint = self._endpoints.chain[0]
         self._lock = asyncio.Lock()
         self._stream_state = StreamState.IDLE
         self._legs: list[Leg] = []  # open legs (the serving one and any still finishing)
         self._closing: list[STTService] = []  # given-up services closing in the background
-        self._failed_at: dict[str, float] = {}
-        self._unusable: dict[str, str] = {}
         self.uncovered: list[tuple[float, float]] = []
         """Spans of session audio that could not be transcribed (replay-buffer overflow)."""
         self._reset_stream_state()
 
     def _reset_stream_state(self) -> None:
         self._buf.reset()
-        self._timeline = Timeline()
+        self._timeline.final_pos = 0
+        self._endpoints.begin(self.stream_options)
         self._leg: Leg | None = None
-        self._trim_floor: int | None = None  # a leg opening now replays from here
-        self._sweeps = 0
         self._overflow_reported = False
         self._recovery: asyncio.Task[None] | None = None
         self._reroute: str | None = None
         self._finalize_pending = False
-        self._refusals: dict[str, str] = {}  # endpoints that cannot honour this stream's options
-        self._refused: list[UnsupportedOption] = []
         self.uncovered = []
 
     # -- public surface -------------------------------------------------------------------
     @property
     def chain(self) -> tuple[STTEndpoint, ...]:
         """The chain the session currently routes along."""
-        return self._chain
+        return self._endpoints.chain
 
     @property
     def breakers(self) -> BreakerBoard:
@@ -191,7 +187,7 @@ class RoutedSession(BaseSTTService):
 
     @property
     def conditions(self) -> Conditions:
-        return self._conditions
+        return self._endpoints.conditions
 
     @property
     def stream_state(self) -> StreamState:
@@ -209,15 +205,16 @@ class RoutedSession(BaseSTTService):
     def update_conditions(self, conditions: Conditions) -> None:
         """Re-decide with new conditions; a changed decision moves the stream at the next
         utterance boundary, without losing audio."""
-        if self._router is None:
+        endpoints = self._endpoints
+        if not endpoints.routed:
             raise ConfigError(
                 "update_conditions needs a RoutedSession built with a router; "
                 "this one has a fixed chain"
             )
-        self._conditions = conditions
-        self._chain = self._decide()
+        endpoints.conditions = conditions
+        endpoints.chain = endpoints.decide()
         leg = self._leg
-        if leg is not None and self._higher_endpoint(leg) is not None:
+        if leg is not None and endpoints.higher_than(leg.endpoint) is not None:
             self._reroute = f"conditions changed ({_describe(conditions)})"
 
     def usage(self) -> dict[str, EndpointUsage]:
@@ -238,9 +235,10 @@ class RoutedSession(BaseSTTService):
 
     async def probe(self) -> None:
         """Probe the first endpoint of the chain (bills nothing)."""
-        if not self._chain:
+        chain = self._endpoints.chain
+        if not chain:
             raise NoEndpointAvailable("the router found no endpoint for these conditions")
-        await self._factory(self._chain[0]).probe()
+        await self._endpoints.build(chain[0]).probe()
 
     # -- BaseSTTService hooks -------------------------------------------------------------
     async def _open(self) -> None:
@@ -248,7 +246,7 @@ class RoutedSession(BaseSTTService):
         self._events.begin()
         self._stream_state = StreamState.OPENING
         async with self._lock:
-            leg = await self._acquire(previous=None)
+            leg = await self._endpoints.acquire(takeover=False)
         self._serve(leg)
         self._stream_state = StreamState.LIVE
         self._event(RouteEventKind.SELECTED, leg.endpoint.id, reason=self._rank(leg.endpoint))
@@ -363,7 +361,7 @@ class RoutedSession(BaseSTTService):
                 reason="audio dropped from the full replay buffer could not be replayed",
                 interval=span,
             )
-        leg = await self._acquire(previous=old)
+        leg = await self._endpoints.acquire(takeover=old is not None)
         self._serve(leg)
         self.metrics.failovers += 1
         failure = old.failure if old is not None else None
@@ -376,7 +374,7 @@ class RoutedSession(BaseSTTService):
         )
 
     def _on_leg_failure(self, leg: Leg, error: STTError) -> None:
-        self._record_failure(leg.endpoint, error)
+        self._endpoints.record_failure(leg.endpoint, error)
         if leg is self._leg:
             self._start_failover()
 
@@ -412,8 +410,7 @@ class RoutedSession(BaseSTTService):
         await self._deliver_final(res)
         if not leg.confirmed:
             leg.confirmed = True
-            self._breakers.breaker(leg.endpoint.id).record_success()
-            self._observe_health(leg.endpoint.id, True)
+            self._endpoints.record_success(leg.endpoint)
         if res.is_end_of_utterance:
             self._at_boundary(leg)
 
@@ -423,9 +420,9 @@ class RoutedSession(BaseSTTService):
             return  # already finalised by an earlier endpoint
         await self._emit(kept)
         if self._timeline.advance(kept, self._buf.end):
-            self._sweeps = 0
+            self._endpoints.sweeps = 0
             self._overflow_reported = False
-            pos, floor = self._timeline.final_pos, self._trim_floor
+            pos, floor = self._timeline.final_pos, self._endpoints.trim_floor
             self._buf.trim(pos if floor is None else min(pos, floor))
 
     # -- switch-back and re-route ---------------------------------------------------------
@@ -434,18 +431,14 @@ class RoutedSession(BaseSTTService):
             return
         if not self.config.switch_back:
             return
-        if self._router is not None:
-            self._chain = self._decide()
-        target = self._higher_endpoint(leg)
+        endpoints = self._endpoints
+        if endpoints.routed:
+            endpoints.chain = endpoints.decide()
+        target = endpoints.higher_than(leg.endpoint)
         if target is None:
             self._reroute = None
             return
         self._spawn(self._switch(leg, target))
-
-    def _higher_endpoint(self, leg: Leg) -> STTEndpoint | None:
-        """A higher-priority endpoint than ``leg``'s that could take the stream now."""
-        walk = self._walk(above=leg.endpoint.id, with_capacity=True)
-        return next((c.endpoint for c in walk if c.usable), None)
 
     async def _switch(self, old: Leg, target: STTEndpoint) -> None:
         async with self._owning():
@@ -456,11 +449,11 @@ class RoutedSession(BaseSTTService):
             ):
                 return
             reroute, self._reroute = self._reroute, None
-            if target.id in self._failed_at and reroute is None:
+            if target.id in self._endpoints.failed_at and reroute is None:
                 self._event(
                     RouteEventKind.RECOVERED, target.id, reason="breaker and health allow it"
                 )
-            opened = await self._open_on(target, queue=False)
+            opened = await self._endpoints.open(target, queue=False)
             if isinstance(opened, Leg):
                 self._drop_leg(old)
                 self._serve(opened)
@@ -473,177 +466,21 @@ class RoutedSession(BaseSTTService):
                 )
             await self._catch_up()  # the new leg replays; or the old one catches up
 
-    # -- choosing and opening endpoints -----------------------------------------------------
     def _default_factory(self, endpoint: STTEndpoint) -> STTService:
         from sttrouter.providers import create_service
 
         return create_service(endpoint, clock=self.clock)
 
-    def _decide(self) -> tuple[STTEndpoint, ...]:
-        if self._static is not None:
-            return self._static
-        assert self._router is not None
-        language = self.stream_options.language or self._language
-        return tuple(self._router.decide(self._conditions, language, health=self._view).chain)
-
-    def _standing(self) -> Standing:
-        unusable = {**self._unusable, **self._refusals} if self._refusals else self._unusable
-        return Standing(unusable, self._failed_at, self.clock.now(), self.config.retry_failed_after)
-
-    def _walk(
-        self, *, above: str | None = None, with_capacity: bool = False, retrying: bool = False
-    ) -> list[Candidate]:
-        return candidates(
-            self._chain,
-            self._standing(),
-            # a router's chain already reflects the availability view: check it only once
-            available=self._view.is_available if self._router is None else None,
-            has_capacity=self._admission.has_capacity if with_capacity else None,
-            above=above,
-            include_recent_failures=retrying,
-        )
-
-    async def _acquire(self, previous: Leg | None) -> Leg:
-        """Open the best usable endpoint, sweeping the chain again per the retry policy."""
-        attempts: list[tuple[str, str]] = []
-        last: STTError | None = None
-        retrying = False
-        while True:
-            if self._router is not None:
-                self._chain = self._decide()
-            tried = False
-            for candidate in self._walk(retrying=retrying):
-                eid = candidate.endpoint.id
-                if candidate.skip is not None:
-                    attempts.append((eid, candidate.skip))
-                    continue
-                opened = await self._open_on(candidate.endpoint, queue=True)
-                if isinstance(opened, Leg):
-                    return opened
-                attempts.append((eid, opened.message))
-                if not isinstance(opened, UnsupportedOption):
-                    tried, last = True, opened
-            self._sweeps += 1
-            error = last or StreamingFailed("every endpoint was skipped")
-            recently_failed = self._standing().recently_failed(self._chain)
-            if not (tried or recently_failed) or not self._retry.should_retry(error, self._sweeps):
-                raise self._no_endpoint(attempts, previous)
-            delay = self._retry.delay_after(error, self._sweeps, self._rng)
-            log.info("every endpoint failed; sweeping the chain again in %.3fs", delay)
-            retrying = True
-            await self.clock.sleep(delay)
-
-    async def _open_on(self, endpoint: STTEndpoint, *, queue: bool) -> Leg | STTError:
-        """Open a leg on ``endpoint`` (waiting in its admission queue when ``queue``)."""
-        breaker = self._breakers.breaker(endpoint.id)
-        if not breaker.try_acquire():
-            return StreamingFailed("circuit open", endpoint_id=endpoint.id)
-        trial = breaker.state is BreakerState.HALF_OPEN
-        permit = await self._admit(endpoint, queue=queue)
-        if isinstance(permit, AdmissionRefused):
-            if trial:
-                breaker.release()
-            return permit
-        self._trim_floor = self._buf.start  # finals meanwhile must not trim what it replays
-        try:
-            opened = await open_leg(
-                endpoint,
-                self._factory,
-                options=self.stream_options,
-                connect_timeout=self.config.connect_timeout,
-                offset=self._buf.start,
-                buffer_end=lambda: self._buf.end,
-                permit=permit,
-                hooks=self._hooks,
-                settings=self._leg_settings(endpoint),
-            )
-        finally:
-            self._trim_floor = None
-        if isinstance(opened, Leg):
-            self._legs.append(opened)
-            return opened
-        permit.release()
-        error = opened.error
-        if isinstance(error, UnsupportedOption):
-            self._refusals[endpoint.id] = error.message
-            self._refused.append(error)
-        elif opened.disqualifies is not None:
-            self._unusable[endpoint.id] = opened.disqualifies
-        if opened.endpoint_at_fault:
-            self._record_failure(endpoint, error)
-        elif trial:
-            breaker.release()
-        return error
-
-    async def _admit(self, endpoint: STTEndpoint, *, queue: bool) -> Permit | AdmissionRefused:
-        if not queue:
-            permit = self._admission.try_acquire(endpoint)
-            if permit is not None:
-                return permit
-            return AdmissionRefused("at its concurrency limit", endpoint_id=endpoint.id)
-        if not self._admission.has_capacity(endpoint):
-            self._event(
-                RouteEventKind.QUEUED,
-                endpoint.id,
-                reason=f"at its limit of {endpoint.max_concurrent_sessions} sessions",
-            )
-        try:
-            return await self._admission.acquire(endpoint)
-        except AdmissionRefused as exc:
-            return exc
-
-    def _leg_settings(self, endpoint: STTEndpoint) -> LegSettings:
-        cfg = self.config
-        return LegSettings(
-            stall_timeout_for(endpoint, cfg.stall_timeout),
-            cfg.finish_timeout,
-            cfg.speech_dbfs,
-            cfg.empty_final_limit,
-        )
-
-    def _no_endpoint(
-        self, attempts: list[tuple[str, str]], previous: Leg | None
-    ) -> NoEndpointAvailable:
-        start, end = self._timeline.final_pos, self._buf.end
-        uncovered = (self._buf.seconds(start), self._buf.seconds(end)) if end > start else None
-        what = "took over the stream" if previous is not None else "could open a stream"
-        if self._refused:
-            names = sorted({f"{e.option}={e.value!r}" for e in self._refused})
-            what += f" (stream option {', '.join(names)} refused)"
-        last = dict(attempts)  # one entry per endpoint, its last reason
-        return NoEndpointAvailable(
-            f"no endpoint of the chain {what}", uncovered=uncovered, attempts=tuple(last.items())
-        )
-
-    def _record_failure(self, endpoint: STTEndpoint, error: STTError) -> None:
-        eid = endpoint.id
-        self._failed_at[eid] = self.clock.now()
-        self._ledger.record_failure(endpoint)
-        breaker = self._breakers.breaker(eid)
-        if error.kind is ErrorKind.PERMANENT or error.kind is ErrorKind.CALLER:
-            self._unusable[eid] = error.message
-            breaker.trip(error.message)
-        else:
-            breaker.record_failure(error.message)
-        self._observe_health(eid, False, error.message)
-        self._event(RouteEventKind.FAILED, eid, reason=f"{type(error).__name__}: {error.message}")
-
-    def _observe_health(self, endpoint_id: str, ok: bool, reason: str = "") -> None:
-        observe = getattr(self._health, "observe", None)
-        if callable(observe):
-            if ok:
-                observe(endpoint_id, True)
-            else:
-                observe(endpoint_id, False, reason)
-
     # -- bookkeeping ----------------------------------------------------------------------
     def _serve(self, leg: Leg) -> None:
         """Make ``leg`` the one serving the stream."""
+        if leg not in self._legs:
+            self._legs.append(leg)
         self._leg = leg
         self.endpoint = leg.endpoint
 
     def _rank(self, endpoint: STTEndpoint) -> str:
-        ids = [ep.id for ep in self._chain]
+        ids = [ep.id for ep in self._endpoints.chain]
         if endpoint.id not in ids:
             return ""
         return f"rank {ids.index(endpoint.id) + 1} of {len(ids)} in the chain"

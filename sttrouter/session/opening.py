@@ -1,0 +1,289 @@
+"""Choosing and opening endpoints for a routed session.
+
+:class:`EndpointOpener` keeps what a session knows about its endpoints (which failed when,
+which can never serve it, which cannot honour this stream's options), decides the chain,
+walks it with :func:`~sttrouter.session.candidates.candidates` for failover and switch-back
+alike, and opens a :class:`~sttrouter.session.leg.Leg` through the breaker and admission
+control. Every failure is recorded in one place: breakers, health, the usage ledger, events.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+
+from sttrouter.clock import Clock
+from sttrouter.endpoint import STTEndpoint
+from sttrouter.errors import (
+    ErrorKind,
+    NoEndpointAvailable,
+    StreamingFailed,
+    STTError,
+    UnsupportedOption,
+)
+from sttrouter.events import RouteEventKind
+from sttrouter.options import StreamOptions
+from sttrouter.panel.device import Conditions
+from sttrouter.resilience import (
+    AdmissionController,
+    AdmissionRefused,
+    AvailabilityView,
+    BreakerBoard,
+    BreakerState,
+    Permit,
+    RetryPolicy,
+)
+from sttrouter.service import ServiceFactory, STTService
+from sttrouter.session._replay import ReplayBuffer
+from sttrouter.session.candidates import Candidate, Standing, candidates
+from sttrouter.session.config import Decider, SessionConfig
+from sttrouter.session.ledger import UsageLedger
+from sttrouter.session.leg import Leg, LegHooks, LegSettings, open_leg, stall_timeout_for
+from sttrouter.session.timeline import Timeline
+
+__all__ = ["EndpointOpener", "EventSink"]
+
+log = logging.getLogger("sttrouter.session")
+
+EventSink = Callable[..., None]
+"""``sink(kind, endpoint_id, *, reason=...)``: how the opener reports route events."""
+
+
+class EndpointOpener:
+    """The endpoint side of a routed session (see the module docstring).
+
+    Attributes:
+        chain: the chain the session currently routes along.
+        conditions: what the router decides on.
+        options: the current stream's options (every leg is opened with them).
+        sweeps: whole-chain sweeps since the last final (the retry policy's attempt count).
+        trim_floor: while a leg opens, the buffer position it replays from (finals arriving
+            meanwhile must not trim the buffer past it).
+    """
+
+    def __init__(
+        self,
+        *,
+        static: tuple[STTEndpoint, ...] | None,
+        router: Decider | None,
+        conditions: Conditions,
+        language: str | None,
+        factory: ServiceFactory,
+        clock: Clock,
+        breakers: BreakerBoard,
+        health: AvailabilityView | None,
+        view: AvailabilityView,
+        admission: AdmissionController,
+        retry: RetryPolicy,
+        rng: random.Random,
+        config: SessionConfig,
+        ledger: UsageLedger,
+        buffer: ReplayBuffer,
+        timeline: Timeline,
+        hooks: LegHooks,
+        event: EventSink,
+    ) -> None:
+        self._static, self._router, self._language = static, router, language
+        self._factory, self._clock, self._config = factory, clock, config
+        self._breakers, self._health, self._view = breakers, health, view
+        self._admission, self._retry, self._rng = admission, retry, rng
+        self._ledger, self._buf, self._timeline = ledger, buffer, timeline
+        self._hooks, self._event = hooks, event
+        self.conditions = conditions
+        self.options = StreamOptions()
+        self.failed_at: dict[str, float] = {}
+        self.unusable: dict[str, str] = {}
+        self._refusals: dict[str, str] = {}
+        self._refused: list[UnsupportedOption] = []
+        self.sweeps = 0
+        self.trim_floor: int | None = None
+        self.chain = self.decide()
+
+    def begin(self, options: StreamOptions) -> None:
+        """A new stream starts with ``options``."""
+        self.options = options
+        self._refusals.clear()
+        self._refused.clear()
+        self.sweeps = 0
+        self.trim_floor = None
+
+    @property
+    def routed(self) -> bool:
+        """The chain comes from a router."""
+        return self._router is not None
+
+    def decide(self) -> tuple[STTEndpoint, ...]:
+        """The chain for the current conditions (a router's, or the fixed one)."""
+        if self._router is None:
+            assert self._static is not None
+            return self._static
+        language = self.options.language or self._language
+        return tuple(self._router.decide(self.conditions, language, health=self._view).chain)
+
+    def _standing(self) -> Standing:
+        unusable = {**self.unusable, **self._refusals} if self._refusals else self.unusable
+        return Standing(
+            unusable, self.failed_at, self._clock.now(), self._config.retry_failed_after
+        )
+
+    def _walk(
+        self, *, above: str | None = None, with_capacity: bool = False, retrying: bool = False
+    ) -> list[Candidate]:
+        return candidates(
+            self.chain,
+            self._standing(),
+            # a router's chain already reflects the availability view: check it only once
+            available=self._view.is_available if self._router is None else None,
+            has_capacity=self._admission.has_capacity if with_capacity else None,
+            above=above,
+            include_recent_failures=retrying,
+        )
+
+    def higher_than(self, endpoint: STTEndpoint) -> STTEndpoint | None:
+        """A higher-priority endpoint than ``endpoint`` that could take the stream now."""
+        walk = self._walk(above=endpoint.id, with_capacity=True)
+        return next((c.endpoint for c in walk if c.usable), None)
+
+    async def acquire(self, *, takeover: bool) -> Leg:
+        """Open the best usable endpoint, sweeping the chain again per the retry policy;
+        ``takeover``: a failover (for the error message)."""
+        attempts: list[tuple[str, str]] = []
+        last: STTError | None = None
+        retrying = False
+        while True:
+            if self._router is not None:
+                self.chain = self.decide()
+            tried = False
+            for candidate in self._walk(retrying=retrying):
+                eid = candidate.endpoint.id
+                if candidate.skip is not None:
+                    attempts.append((eid, candidate.skip))
+                    continue
+                opened = await self.open(candidate.endpoint, queue=True)
+                if isinstance(opened, Leg):
+                    return opened
+                attempts.append((eid, opened.message))
+                if not isinstance(opened, UnsupportedOption):
+                    tried, last = True, opened
+            self.sweeps += 1
+            error = last or StreamingFailed("every endpoint was skipped")
+            recently_failed = self._standing().recently_failed(self.chain)
+            if not (tried or recently_failed) or not self._retry.should_retry(error, self.sweeps):
+                raise self._no_endpoint(attempts, takeover)
+            delay = self._retry.delay_after(error, self.sweeps, self._rng)
+            log.info("every endpoint failed; sweeping the chain again in %.3fs", delay)
+            retrying = True
+            await self._clock.sleep(delay)
+
+    def build(self, endpoint: STTEndpoint) -> STTService:
+        """A fresh service for ``endpoint`` (from the session's factory)."""
+        return self._factory(endpoint)
+
+    async def open(self, endpoint: STTEndpoint, *, queue: bool) -> Leg | STTError:
+        """Open a leg on ``endpoint`` (waiting in its admission queue when ``queue``)."""
+        settings = self._leg_settings(endpoint)
+        breaker = self._breakers.breaker(endpoint.id)
+        if not breaker.try_acquire():
+            return StreamingFailed("circuit open", endpoint_id=endpoint.id)
+        trial = breaker.state is BreakerState.HALF_OPEN
+        permit = await self._admit(endpoint, queue=queue)
+        if isinstance(permit, AdmissionRefused):
+            if trial:
+                breaker.release()
+            return permit
+        buf = self._buf
+        self.trim_floor = buf.start
+        try:
+            opened = await open_leg(
+                endpoint,
+                self._factory,
+                options=self.options,
+                connect_timeout=self._config.connect_timeout,
+                offset=buf.start,
+                buffer_end=lambda: buf.end,
+                permit=permit,
+                hooks=self._hooks,
+                settings=settings,
+            )
+        finally:
+            self.trim_floor = None
+        if isinstance(opened, Leg):
+            return opened
+        permit.release()
+        error = opened.error
+        if isinstance(error, UnsupportedOption):
+            self._refusals[endpoint.id] = error.message
+            self._refused.append(error)
+        elif opened.disqualifies is not None:
+            self.unusable[endpoint.id] = opened.disqualifies
+        if opened.endpoint_at_fault:
+            self.record_failure(endpoint, error)
+        elif trial:
+            breaker.release()
+        return error
+
+    async def _admit(self, endpoint: STTEndpoint, *, queue: bool) -> Permit | AdmissionRefused:
+        if not queue:
+            permit = self._admission.try_acquire(endpoint)
+            if permit is not None:
+                return permit
+            return AdmissionRefused("at its concurrency limit", endpoint_id=endpoint.id)
+        if not self._admission.has_capacity(endpoint):
+            self._event(
+                RouteEventKind.QUEUED,
+                endpoint.id,
+                reason=f"at its limit of {endpoint.max_concurrent_sessions} sessions",
+            )
+        try:
+            return await self._admission.acquire(endpoint)
+        except AdmissionRefused as exc:
+            return exc
+
+    def _leg_settings(self, endpoint: STTEndpoint) -> LegSettings:
+        cfg = self._config
+        return LegSettings(
+            stall_timeout_for(endpoint, cfg.stall_timeout),
+            cfg.finish_timeout,
+            cfg.speech_dbfs,
+            cfg.empty_final_limit,
+        )
+
+    def _no_endpoint(self, attempts: list[tuple[str, str]], takeover: bool) -> NoEndpointAvailable:
+        start, end = self._timeline.final_pos, self._buf.end
+        uncovered = (self._buf.seconds(start), self._buf.seconds(end)) if end > start else None
+        what = "took over the stream" if takeover else "could open a stream"
+        if self._refused:
+            names = sorted({f"{e.option}={e.value!r}" for e in self._refused})
+            what += f" (stream option {', '.join(names)} refused)"
+        last = dict(attempts)  # one entry per endpoint, its last reason
+        return NoEndpointAvailable(
+            f"no endpoint of the chain {what}", uncovered=uncovered, attempts=tuple(last.items())
+        )
+
+    def record_failure(self, endpoint: STTEndpoint, error: STTError) -> None:
+        """An endpoint failed this session: breaker, health, ledger and an event."""
+        eid = endpoint.id
+        self.failed_at[eid] = self._clock.now()
+        self._ledger.record_failure(endpoint)
+        breaker = self._breakers.breaker(eid)
+        if error.kind is ErrorKind.PERMANENT or error.kind is ErrorKind.CALLER:
+            self.unusable[eid] = error.message
+            breaker.trip(error.message)
+        else:
+            breaker.record_failure(error.message)
+        self._observe(eid, False, error.message)
+        self._event(RouteEventKind.FAILED, eid, reason=f"{type(error).__name__}: {error.message}")
+
+    def record_success(self, endpoint: STTEndpoint) -> None:
+        """An endpoint delivered: its breaker closes, the health view hears it."""
+        self._breakers.breaker(endpoint.id).record_success()
+        self._observe(endpoint.id, True)
+
+    def _observe(self, endpoint_id: str, ok: bool, reason: str = "") -> None:
+        observe = getattr(self._health, "observe", None)
+        if callable(observe):
+            if ok:
+                observe(endpoint_id, True)
+            else:
+                observe(endpoint_id, False, reason)
