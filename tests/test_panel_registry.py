@@ -7,6 +7,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -21,6 +22,10 @@ from sttrouter.panel.registry import (
     endpoint_from_dict,
     endpoint_to_dict,
 )
+from sttrouter.providers.assemblyai import assemblyai_endpoint
+from sttrouter.providers.deepgram import deepgram_endpoint
+from sttrouter.providers.glm_local import glm_local_endpoint
+from sttrouter.providers.offline import offline_endpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,6 +84,68 @@ def test_default_registry_matches_example_file() -> None:
     assert example.endpoints == default_registry().endpoints
     ids = [e.id for e in default_registry()]
     assert ids == ["glm-local", "glm-server", "deepgram", "assemblyai", "offline"]
+
+
+def test_the_example_file_is_the_shipped_data_byte_for_byte() -> None:
+    shipped = (ROOT / "sttrouter" / "default_registry.toml").read_text()
+    example = (ROOT / "examples" / "endpoints.toml").read_text()
+    body = shipped[shipped.index("\n[[endpoint]]") :]
+    assert example.endswith(body)
+
+
+# --- one definition per built-in endpoint ------------------------------------------------------
+
+
+def test_the_python_helpers_build_the_registry_entries() -> None:
+    reg = default_registry()
+    assert offline_endpoint() == reg["offline"]
+    assert deepgram_endpoint() == reg["deepgram"]
+    assert assemblyai_endpoint() == reg["assemblyai"]
+    glm = glm_local_endpoint(dtype="bf16", device="cpu")
+    builtin = attrs.evolve(reg["glm-local"], connection=glm.connection)
+    assert glm == builtin  # the computed memory of the bf16 Nano is the shipped figure
+
+
+def test_helpers_keep_their_arguments() -> None:
+    dg = deepgram_endpoint("dg", base_url="ws://127.0.0.1:9/v1/listen", options={"model": "x"})
+    assert dg.location is Location.SELF_HOSTED
+    assert dg.connection.api_key_env == "DEEPGRAM_API_KEY"
+    assert dict(dg.connection.options) == {"model": "x"}
+    aai = assemblyai_endpoint("a", api_key_env="MY_KEY", cost_per_hour="1.5", display_name="A")
+    assert (aai.cost_per_hour, aai.connection.api_key_env, aai.name) == (
+        Decimal("1.5"),
+        "MY_KEY",
+        "A",
+    )
+    assert offline_endpoint("ps", vad_mode=2).connection.option("vad_mode") == 2
+
+
+def test_a_minimal_offline_entry_is_on_device_offline_and_english() -> None:
+    e = endpoint_from_dict({"id": "ps", "provider": "offline"})
+    assert e.location is Location.ON_DEVICE
+    assert e.needs_network is False
+    assert e.supported_languages == frozenset({"en"})
+    assert not e.supports_language("de")
+
+
+@pytest.mark.parametrize(("provider", "price"), [("deepgram", "0.258"), ("assemblyai", "0.37")])
+def test_vendor_entries_get_their_list_price_unless_given(provider: str, price: str) -> None:
+    assert endpoint_from_dict({"id": "v", "provider": provider}).cost_per_hour == Decimal(price)
+    given = endpoint_from_dict({"id": "v", "provider": provider, "cost_per_hour": "0.1"})
+    assert given.cost_per_hour == Decimal("0.1")
+
+
+def test_fields_given_win_over_provider_defaults_and_custom_kinds_get_none() -> None:
+    e = endpoint_from_dict({"id": "ps", "provider": "offline", "needs_network": True})
+    assert e.needs_network is True
+    fake = endpoint_from_dict({"id": "f", "provider": "fake"})
+    assert fake == STTEndpoint(id="f", provider="fake")
+
+
+def test_a_dumped_minimal_entry_loads_back_equal() -> None:
+    reg = EndpointRegistry.from_dict({"endpoint": [{"id": "ps", "provider": "offline"}]})
+    again = EndpointRegistry.from_dict(tomllib.loads(reg.dumps()))
+    assert again.endpoints == reg.endpoints
 
 
 # --- round trip --------------------------------------------------------------------------------

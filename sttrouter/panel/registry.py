@@ -6,7 +6,8 @@ File format (one ``[[endpoint]]`` table per engine, in preference-neutral order)
     id = "deepgram"
     display_name = "Deepgram Nova-3"
     provider = "deepgram"              # glm_server, glm_local, deepgram, assemblyai, offline,
-                                       # fake, or a kind registered with register_provider_kind
+                                       # fake, or a kind registered with
+                                       # sttrouter.register_provider
     location = "cloud"                 # on_device, local_server, self_hosted, cloud
     expected_latency_ms = 300
     reliability_score = 0.99           # 0..1
@@ -26,6 +27,13 @@ File format (one ``[[endpoint]]`` table per engine, in preference-neutral order)
     [endpoint.connection.options]      # provider-specific, free-form
     model = "nova-3"
 
+An endpoint of a built-in provider kind takes what it leaves out of ``location``,
+``expected_latency_ms``, ``reliability_score``, ``cost_per_hour``, ``supports_streaming``,
+``supported_languages``, ``needs_network``, ``min_tier`` and ``max_thermal`` from that kind's
+built-in entry (the default registry): ``id = "x"`` and ``provider = "offline"`` make an
+on-device, English-only endpoint that needs no network; a Deepgram or AssemblyAI entry without a
+price costs the vendor's list price (0.258 and 0.37 US$ per hour).
+
 Every problem raises :class:`~sttrouter.errors.ConfigError` naming the file, the endpoint and
 the field. API keys never live in a config: a field that looks like one (``api_key``,
 ``token``, ``secret``, ``password``, credentials in a URL) is rejected with a message pointing
@@ -41,6 +49,7 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from sttrouter._builtin_endpoints import builtin_endpoints, provider_defaults
 from sttrouter.endpoint import ConnectionConfig, Location, STTEndpoint
 from sttrouter.errors import ConfigError
 from sttrouter.panel import _toml
@@ -229,6 +238,11 @@ def endpoint_from_dict(data: Mapping[str, Any], *, source: str = "<dict>") -> ST
         if key == "connection":
             value = _connection_from_dict(value, source, eid)
         kwargs[key] = value
+    # a field left out takes the built-in value of its provider kind (an offline entry is
+    # on-device and English; a Deepgram entry has Deepgram's price)
+    provider = kwargs.get("provider")
+    if isinstance(provider, str):
+        kwargs = {**provider_defaults(provider), **kwargs}
     try:
         return STTEndpoint(**kwargs)
     except ConfigError as exc:
@@ -373,83 +387,9 @@ class EndpointRegistry:
             f.write(self.dumps())
 
 
-GLM_LANGUAGES = (
-    # zai-org/GLM-ASR: Mandarin, Cantonese, and 17 languages at WER <= 20 % (reference/glm-asr.md)
-    "zh", "yue", "en", "it", "ca", "uk", "nl", "es", "de", "ja", "fr", "ru", "pt", "ms", "id",
-    "no", "lt", "sl",
-)  # fmt: skip
-
-
 def default_registry() -> EndpointRegistry:
-    """The built-in registry used when no config is given (the same as
+    """The built-in registry used when no config is given (the same endpoints as
     ``examples/endpoints.toml``): on-device GLM, self-hosted GLM server, Deepgram, AssemblyAI and
-    the offline pocketsphinx engine.
+    the offline pocketsphinx engine, read from the TOML data shipped in the package.
     """
-    return EndpointRegistry(
-        [
-            STTEndpoint(
-                id="glm-local",
-                display_name="GLM-ASR-Nano (on device)",
-                provider="glm_local",
-                location=Location.ON_DEVICE,
-                expected_latency_ms=250,
-                reliability_score=0.97,
-                cost_per_hour=Decimal("0"),
-                supported_languages=GLM_LANGUAGES,
-                needs_network=False,
-                min_tier=DeviceTier.ULTRA,
-                max_thermal=ThermalState.FAIR,
-                memory_gb=2.5,
-                max_concurrent_sessions=1,
-            ),
-            STTEndpoint(
-                id="glm-server",
-                display_name="GLM-ASR-Nano (self-hosted)",
-                provider="glm_server",
-                location=Location.SELF_HOSTED,
-                expected_latency_ms=150,
-                reliability_score=0.95,
-                cost_per_hour=Decimal("0"),
-                supported_languages=GLM_LANGUAGES,
-                max_concurrent_sessions=25,
-                # self-hosted: no API key (seed §9.3, ``apiKeyReference: nil``)
-                connection=ConnectionConfig(base_url="wss://glm-asr.example.com/v1/audio/stream"),
-            ),
-            STTEndpoint(
-                id="deepgram",
-                display_name="Deepgram Nova-3",
-                provider="deepgram",
-                location=Location.CLOUD,
-                expected_latency_ms=300,
-                reliability_score=0.99,
-                cost_per_hour=Decimal("0.258"),
-                connection=ConnectionConfig(
-                    api_key_env="DEEPGRAM_API_KEY", options={"model": "nova-3"}
-                ),
-            ),
-            STTEndpoint(
-                id="assemblyai",
-                display_name="AssemblyAI Universal-Streaming",
-                provider="assemblyai",
-                location=Location.CLOUD,
-                expected_latency_ms=300,
-                reliability_score=0.99,
-                cost_per_hour=Decimal("0.37"),
-                supported_languages=("en", "es", "fr", "de", "it", "pt"),
-                connection=ConnectionConfig(api_key_env="ASSEMBLYAI_API_KEY"),
-            ),
-            STTEndpoint(
-                id="offline",
-                display_name="pocketsphinx (offline)",
-                provider="offline",
-                location=Location.ON_DEVICE,
-                expected_latency_ms=500,
-                reliability_score=0.9,
-                cost_per_hour=Decimal("0"),
-                supported_languages=("en",),
-                needs_network=False,
-                memory_gb=0.1,
-            ),
-        ],
-        source="<default registry>",
-    )
+    return EndpointRegistry(builtin_endpoints(), source="<default registry>")

@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
+from sttrouter._builtin_endpoints import assemblyai_endpoint
 from sttrouter.audio import ENGINE_FORMAT, AudioFormat
 from sttrouter.clock import Clock, fail_after
-from sttrouter.endpoint import ConnectionConfig, Location, STTEndpoint
+from sttrouter.endpoint import STTEndpoint
 from sttrouter.errors import (
     AudioFormatError,
     ConfigError,
@@ -65,7 +65,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_COST_PER_HOUR = Decimal("0.37")
+DEFAULT_COST_PER_HOUR: Decimal = assemblyai_endpoint().cost_per_hour
 """Universal streaming, US$ per hour of audio (UnaMentis' price table)."""
 
 VENDOR = "AssemblyAI"
@@ -77,40 +77,6 @@ _PARAM_OPTIONS = (
     "keyterms_prompt",
     "language_detection",
 )
-
-
-def assemblyai_endpoint(
-    id: str = "assemblyai",
-    *,
-    base_url: str | None = None,
-    api_key_env: str = "ASSEMBLYAI_API_KEY",
-    cost_per_hour: Decimal | str | float = DEFAULT_COST_PER_HOUR,
-    options: Mapping[str, Any] | None = None,
-    **fields: Any,
-) -> STTEndpoint:
-    """An :class:`STTEndpoint` for AssemblyAI with sensible defaults.
-
-    Args:
-        id: the endpoint id.
-        base_url: one host serving ``/v3/ws`` and ``/v2/...`` (a proxy or a fake server);
-            ``None`` for AssemblyAI's own hosts.
-        api_key_env: the environment variable holding the key.
-        cost_per_hour: price per hour of audio.
-        options: see the module docstring.
-        **fields: any other :class:`STTEndpoint` field.
-    """
-    defaults: dict[str, Any] = {
-        "provider": "assemblyai",
-        "location": Location.CLOUD if base_url is None else Location.SELF_HOSTED,
-        "display_name": "AssemblyAI",
-        "expected_latency_ms": 400.0,
-        "cost_per_hour": cost_per_hour,
-        "connection": ConnectionConfig(
-            base_url=base_url, api_key_env=api_key_env, options=options or {}
-        ),
-    }
-    defaults.update(fields)
-    return STTEndpoint(id=id, **defaults)
 
 
 def _ms_words(words: tuple[wire.Word, ...]) -> tuple[WordTimestamp, ...]:

@@ -36,9 +36,10 @@ from typing import Any
 
 import httpx
 
+from sttrouter._builtin_endpoints import deepgram_endpoint
 from sttrouter.audio import AudioFormat
 from sttrouter.clock import Clock, fail_after
-from sttrouter.endpoint import ConnectionConfig, Location, STTEndpoint
+from sttrouter.endpoint import STTEndpoint
 from sttrouter.errors import (
     AudioFormatError,
     AuthenticationFailed,
@@ -87,43 +88,10 @@ __all__ = ["DEFAULT_COST_PER_HOUR", "DeepgramSTTService", "deepgram_endpoint", "
 
 log = logging.getLogger(__name__)
 
-DEFAULT_COST_PER_HOUR = Decimal("0.258")
+DEFAULT_COST_PER_HOUR: Decimal = deepgram_endpoint().cost_per_hour
 """Nova-3 streaming, US$ per hour of audio (UnaMentis' price table)."""
 
 VENDOR = "Deepgram"
-
-
-def deepgram_endpoint(
-    id: str = "deepgram",
-    *,
-    base_url: str | None = None,
-    api_key_env: str = "DEEPGRAM_API_KEY",
-    cost_per_hour: Decimal | str | float = DEFAULT_COST_PER_HOUR,
-    options: Mapping[str, Any] | None = None,
-    **fields: Any,
-) -> STTEndpoint:
-    """An :class:`STTEndpoint` for Deepgram with sensible defaults.
-
-    Args:
-        id: the endpoint id.
-        base_url: a self-hosted Deepgram or a fake server; ``None`` for ``api.deepgram.com``.
-        api_key_env: the environment variable holding the key.
-        cost_per_hour: price per hour of audio (Nova-3 by default).
-        options: listen options (see the module docstring).
-        **fields: any other :class:`STTEndpoint` field.
-    """
-    defaults: dict[str, Any] = {
-        "provider": "deepgram",
-        "location": Location.CLOUD if base_url is None else Location.SELF_HOSTED,
-        "display_name": "Deepgram",
-        "expected_latency_ms": 300.0,
-        "cost_per_hour": cost_per_hour,
-        "connection": ConnectionConfig(
-            base_url=base_url, api_key_env=api_key_env, options=options or {}
-        ),
-    }
-    defaults.update(fields)
-    return STTEndpoint(id=id, **defaults)
 
 
 def to_stt_result(msg: wire.Results, language: str | None = None) -> STTResult:

@@ -48,9 +48,10 @@ import anyio
 import attrs
 import numpy as np
 
+from sttrouter._builtin_endpoints import builtin_endpoint
 from sttrouter.audio import ENGINE_FORMAT, AudioConverter, AudioFormat, pcm16_to_float
 from sttrouter.clock import Clock
-from sttrouter.endpoint import ConnectionConfig, Location, Provider, STTEndpoint
+from sttrouter.endpoint import ConnectionConfig, Provider, STTEndpoint
 from sttrouter.errors import ConfigError, MissingDependency, StreamingFailed, STTError
 from sttrouter.providers._decoding import token_budget
 from sttrouter.providers._glm_model import (
@@ -473,15 +474,11 @@ def glm_local_endpoint(
     ):
         params = ParameterCount.from_safetensors(root)
     defaults: dict[str, Any] = {
-        "provider": Provider.GLM_LOCAL,
-        "location": Location.ON_DEVICE,
-        "display_name": "GLM-ASR (in-process)",
-        "needs_network": False,
-        "supports_streaming": True,  # through the segmenter (the router skips False ones)
-        "expected_latency_ms": 1500.0,
+        "id": id,
+        "connection": ConnectionConfig(options=options),
         "memory_gb": estimate_memory_gb(params, _resolve_auto_precision(device, precision)),
     }
     defaults.update(fields)
-    endpoint = STTEndpoint(id=id, connection=ConnectionConfig(options=options), **defaults)
+    endpoint = builtin_endpoint(Provider.GLM_LOCAL, **defaults)
     GLMLocalSettings.from_endpoint(endpoint)  # fail now on a bad option, not at first use
     return endpoint

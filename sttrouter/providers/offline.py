@@ -50,16 +50,16 @@ import math
 import re
 import threading
 from collections.abc import Mapping
-from decimal import Decimal
 from typing import Any, Final, Self
 
 import anyio
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from sttrouter._builtin_endpoints import offline_endpoint
 from sttrouter.audio import ENGINE_FORMAT, AudioFormat
 from sttrouter.clock import Clock
-from sttrouter.endpoint import ConnectionConfig, Location, Provider, STTEndpoint
+from sttrouter.endpoint import STTEndpoint
 from sttrouter.errors import (
     ConfigError,
     EndpointMisconfigured,
@@ -95,28 +95,6 @@ def _import_pocketsphinx() -> Any:
     except ImportError as exc:
         raise MissingDependency("pocketsphinx", "offline") from exc
     return pocketsphinx
-
-
-def offline_endpoint(id: str = "offline", **options: Any) -> STTEndpoint:
-    """The endpoint of the built-in offline engine: on device, no network, free, English.
-
-    Args:
-        id: the endpoint id.
-        **options: engine options (see the module docstring), stored in its connection.
-    """
-    return STTEndpoint(
-        id=id,
-        provider=Provider.OFFLINE,
-        location=Location.ON_DEVICE,
-        display_name="PocketSphinx (built-in, offline)",
-        expected_latency_ms=400.0,
-        reliability_score=0.999,
-        cost_per_hour=Decimal(0),
-        supports_streaming=True,
-        supported_languages=frozenset({LANGUAGE}),
-        needs_network=False,
-        connection=ConnectionConfig(options=options),
-    )
 
 
 # -- options -----------------------------------------------------------------------------
