@@ -17,6 +17,7 @@ from sttrouter.errors import (
     MissingDependency,
     QuotaExceeded,
     StreamingFailed,
+    STTError,
     UnsupportedOption,
 )
 from sttrouter.gateway import protocol as gw
@@ -135,8 +136,8 @@ def test_the_table_covers_every_code_once() -> None:
         (UnsupportedOption("prompt", "offline"), gw.ErrorCode.INTERNAL_ERROR),
     ],
 )
-def test_engine_errors_map_to_codes(error: Exception, code: gw.ErrorCode) -> None:
-    assert gw.code_for(error) is code  # type: ignore[arg-type]
+def test_engine_errors_map_to_codes(error: STTError, code: gw.ErrorCode) -> None:
+    assert gw.code_for(error) is code
 
 
 def test_unknown_codes_are_failures_and_kinds_follow_the_rows() -> None:
