@@ -29,15 +29,18 @@ from sttrouter.errors import (
     StreamStalled,
     STTError,
     TransientError,
+    UnsupportedOption,
 )
 from sttrouter.events import RouteEvent, RouteEventKind
 from sttrouter.metrics import STTMetrics
+from sttrouter.options import StreamOptions
 from sttrouter.panel.device import Conditions, DeviceTier, NetworkStatus, ThermalState
 from sttrouter.panel.policy import Policy, Rule
 from sttrouter.panel.registry import EndpointRegistry
 from sttrouter.panel.router import Decision, Router, SkipReason, Verdict
+from sttrouter.providers import create_service, register_provider
 from sttrouter.results import STTResult, Transcript, WordTimestamp
-from sttrouter.service import AudioStream, BaseSTTService, STTService
+from sttrouter.service import AudioStream, BaseSTTService, ServiceFactory, STTService
 from sttrouter.session import RoutedSession, SessionConfig
 
 __version__ = "0.1.0"
@@ -87,16 +90,21 @@ __all__ = [
     "STTMetrics",
     "STTResult",
     "STTService",
+    "ServiceFactory",
     "SessionConfig",
     "SkipReason",
+    "StreamOptions",
     "StreamStalled",
     "StreamingFailed",
     "SystemClock",
     "ThermalState",
     "Transcript",
     "TransientError",
+    "UnsupportedOption",
     "Verdict",
     "WordTimestamp",
     "__version__",
+    "create_service",
     "read_audio",
+    "register_provider",
 ]

@@ -29,7 +29,6 @@ __all__ = [
     "STTEndpoint",
     "ThermalState",
     "known_provider_kinds",
-    "register_provider_kind",
 ]
 
 
@@ -68,7 +67,7 @@ class ThermalState(_Ranked):
 
 
 class Provider(enum.StrEnum):
-    """Built-in engine kinds. Custom kinds are registered with :func:`register_provider_kind`."""
+    """Built-in engine kinds. Custom engines are added with ``sttrouter.register_provider``."""
 
     GLM_SERVER = "glm_server"
     GLM_LOCAL = "glm_local"
@@ -83,7 +82,8 @@ _KIND_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 def register_provider_kind(name: str) -> None:
-    """Allow ``provider = name`` in endpoint configs for a custom engine kind."""
+    """Allow ``provider = name`` in endpoints. Internal: ``sttrouter.register_provider`` calls
+    it while registering the engine's factory, so a kind that validates can also be built."""
     if not _KIND_RE.match(name):
         raise ConfigError(f"provider kind {name!r} must be lower_snake_case")
     _custom_kinds.add(name)
@@ -212,7 +212,7 @@ def _check_provider(_inst: object, _attr: object, value: str) -> None:
         choices = ", ".join(sorted(known_provider_kinds()))
         raise ConfigError(
             f"unknown provider {value!r}; use one of {choices} "
-            "or register a custom kind with sttrouter.endpoint.register_provider_kind",
+            "or register a custom engine with sttrouter.register_provider(kind, factory)",
             field="provider",
         )
 

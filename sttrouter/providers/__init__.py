@@ -28,13 +28,34 @@ _BUILTIN: dict[str, str] = {
     "assemblyai": "sttrouter.providers.assemblyai:AssemblyAISTTService",
     "glm_server": "sttrouter.providers.glm_server:GLMServerSTTService",
     "glm_local": "sttrouter.providers.glm_local:GLMLocalSTTService",
-    "fake": "sttrouter.testing:FakeSTTService",
 }
 _custom: dict[str, EngineFactory] = {}
 
 
-def register_provider(kind: str, factory: EngineFactory) -> None:
-    """Register a custom engine kind: endpoints with ``provider = kind`` use ``factory``."""
+def register_provider(kind: str, factory: EngineFactory, *, replace: bool = False) -> None:
+    """Register a custom engine: endpoints with ``provider = kind`` validate (in code and in
+    TOML) and :func:`create_service` builds them with ``factory``.
+
+    This is the one way to add an engine. ``factory`` is called as
+    ``factory(endpoint, clock=clock, **options)`` and returns an
+    :class:`~sttrouter.service.STTService` (a :class:`~sttrouter.service.BaseSTTService`
+    subclass whose ``__init__`` takes ``(endpoint, *, clock=None)`` fits as it is).
+
+    Args:
+        kind: the provider name, lower_snake_case.
+        factory: builds one service for an endpoint.
+        replace: allow registering a kind again (or over a built-in one) with another factory.
+
+    Raises:
+        ConfigError: ``kind`` is not lower_snake_case, or is already registered to another
+            factory and ``replace`` is false.
+    """
+    taken = _custom.get(kind)
+    if not replace and (kind in _BUILTIN or (taken is not None and taken is not factory)):
+        raise ConfigError(
+            f"provider kind {kind!r} is already registered; pass replace=True to replace it",
+            field="provider",
+        )
     register_provider_kind(kind)
     _custom[kind] = factory
 
@@ -53,9 +74,13 @@ def create_service(
     if factory is None:
         path = _BUILTIN.get(endpoint.provider)
         if path is None:
+            hint = (
+                "import sttrouter.testing to register the fake engine"
+                if endpoint.provider == "fake"
+                else "register one with sttrouter.register_provider(kind, factory)"
+            )
             raise ConfigError(
-                f"no adapter is registered for provider {endpoint.provider!r}; "
-                "call sttrouter.providers.register_provider first",
+                f"no engine is registered for provider {endpoint.provider!r}; {hint}",
                 endpoint=endpoint.id,
                 field="provider",
             )

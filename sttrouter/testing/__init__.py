@@ -10,6 +10,7 @@ Everything here is public API. Typical use::
     )
 """
 
+from sttrouter.providers import register_provider
 from sttrouter.testing._clock import FakeClock, settle
 from sttrouter.testing._conformance import ConformanceError, ServiceMaker, check_stt_service
 from sttrouter.testing._fake_server import (
@@ -23,6 +24,11 @@ from sttrouter.testing._faults import Fault, FaultKind, FaultPlan
 from sttrouter.testing._speech import MARK_BASE, SyntheticSpeech, mark_word, synthetic_speech
 from sttrouter.testing.assemblyai_server import FakeAssemblyAIServer
 from sttrouter.testing.deepgram_server import FakeDeepgramServer
+from sttrouter.testing.openai_server import FakeOpenAITranscriptionServer
+
+# The fake engine is a provider kind like any custom one: importing the test kit registers it,
+# so the production factory knows nothing of the test kit.
+register_provider("fake", FakeSTTService)
 
 __all__ = [
     "MARK_BASE",
@@ -30,6 +36,7 @@ __all__ = [
     "FakeAssemblyAIServer",
     "FakeClock",
     "FakeDeepgramServer",
+    "FakeOpenAITranscriptionServer",
     "FakeSTTService",
     "Fault",
     "FaultKind",
