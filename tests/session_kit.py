@@ -13,6 +13,7 @@ import attrs
 
 from sttrouter.errors import NoEndpointAvailable, STTError
 from sttrouter.events import RouteEvent
+from sttrouter.options import StreamOptions
 from sttrouter.results import STTResult
 from sttrouter.session import RoutedSession
 from sttrouter.testing import FakeClock, FakeSTTService, SyntheticSpeech, settle
@@ -57,6 +58,7 @@ async def drive(
     chunk: float = 0.02,
     before_chunk: Callable[[int, float], Awaitable[None] | None] | None = None,
     pause_after: dict[int, float] | None = None,
+    options: StreamOptions | None = None,
 ) -> Run:
     """Stream ``speech`` in real time (virtual), collect results, stop; never raises STTError."""
     run = Run()
@@ -69,7 +71,7 @@ async def drive(
             run.error = run.error or exc
 
     try:
-        results = await tick(clock, session.start_streaming())
+        results = await tick(clock, session.start_streaming(options=options))
     except STTError as exc:
         run.error = exc
         run.events = list(session.history)
