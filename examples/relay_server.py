@@ -1,9 +1,14 @@
 """A backend WebSocket relay: the phone streams audio in, transcripts stream back out.
 
-One routed session per connection. The app's first message says what the device is like; the
-relay asks the router for a chain of engines under those conditions and relays audio through a
-``RoutedSession``, so a failing engine is replaced mid-sentence without losing audio and
-without the app noticing more than a ``route`` message.
+One ``RoutingContext`` per process, one routed session per connection. The app's first message
+says what the device is like; the relay asks the context for a session under those conditions
+and relays audio through it, so a failing engine is replaced mid-sentence without losing audio
+and without the app noticing more than a ``route`` message.
+
+The context is built once, at start-up, because what one connection learns must protect the
+others: every session it makes shares its circuit breakers (an engine that rejects our key for
+one connection is skipped by the next one's decision), its health views, and its admission
+limits (``max_concurrent_sessions`` counts streams across all connections, not per connection).
 
 Protocol (JSON text frames, binary audio frames)::
 
@@ -34,32 +39,28 @@ import argparse
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from sttrouter.audio import ENGINE_FORMAT
-from sttrouter.errors import ConfigError, STTError
-from sttrouter.events import RouteEvent
-from sttrouter.panel import (
+from sttrouter import (
+    ENGINE_FORMAT,
     Conditions,
+    ConfigError,
     DeviceTier,
-    EndpointRegistry,
     NetworkStatus,
     Policy,
-    Router,
+    RouteEvent,
+    RoutingContext,
+    STTError,
+    STTResult,
     ThermalState,
-    default_registry,
-    tier_for_apple_device,
 )
-from sttrouter.results import STTResult
-from sttrouter.session import RoutedSession
+from sttrouter.panel import default_registry, tier_for_apple_device
 
 log = logging.getLogger("relay")
-
-SessionFactory = Callable[[Conditions, str | None], RoutedSession]
 
 _HELLO_FIELDS = frozenset({"tier", "device", "ram_gb", "network", "thermal", "language"})
 
@@ -112,8 +113,8 @@ def route_message(e: RouteEvent) -> str:
     )
 
 
-async def relay(ws: ServerConnection, make_session: SessionFactory) -> None:
-    """Serve one app connection."""
+async def relay(ws: ServerConnection, context: RoutingContext) -> None:
+    """Serve one app connection with a session of the process-wide ``context``."""
     try:
         hello = json.loads(await ws.recv())
         if not isinstance(hello, dict):
@@ -124,7 +125,7 @@ async def relay(ws: ServerConnection, make_session: SessionFactory) -> None:
         await ws.send(json.dumps({"type": "error", "message": f"bad hello: {exc}"}))
         await ws.close(1008, "bad hello")
         return
-    session = make_session(conditions, language if isinstance(language, str) else None)
+    session = context.session(conditions, language=language if isinstance(language, str) else None)
     try:
         async with session.stream(ENGINE_FORMAT) as stream:
             await ws.send(json.dumps({"type": "ready", "chain": [e.id for e in session.chain]}))
@@ -171,9 +172,9 @@ async def _send_error(ws: ServerConnection, message: str) -> None:
         pass
 
 
-async def start(make_session: SessionFactory, host: str = "127.0.0.1", port: int = 0) -> Server:
+async def start(context: RoutingContext, host: str = "127.0.0.1", port: int = 0) -> Server:
     """Start the relay; ``port=0`` picks a free port (``server.sockets[0].getsockname()``)."""
-    return await serve(lambda ws: relay(ws, make_session), host, port, max_size=2**20)
+    return await serve(lambda ws: relay(ws, context), host, port, max_size=2**20)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -183,15 +184,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
     args = parser.parse_args(argv)
-    registry = EndpointRegistry.load(args.config) if args.config else default_registry()
-    router = Router(registry, Policy.load(args.policy) if args.policy else None)
+    # once per process: every connection's session shares its breakers, health and limits
+    if args.config:
+        context = RoutingContext.from_toml(args.config, policy=args.policy)
+    else:
+        policy = Policy.load(args.policy) if args.policy else None
+        context = RoutingContext(default_registry(), policy=policy)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
-    def make_session(conditions: Conditions, language: str | None) -> RoutedSession:
-        return RoutedSession(router=router, conditions=conditions, language=language)
-
     async def run() -> None:
-        server = await start(make_session, args.host, args.port)
+        server = await start(context, args.host, args.port)
         host, port = server.sockets[0].getsockname()[:2]
         print(f"relay listening on ws://{host}:{port}", flush=True)
         await server.serve_forever()

@@ -172,61 +172,58 @@ def test_fallback_chain_example_passes() -> None:
 # -- relay_server.py ---------------------------------------------------------------------------
 
 
-async def _relay_session(
-    make_session: object, hello: object, pcm: bytes
-) -> tuple[list[dict[str, object]], int | None]:
-    """Run the relay on 127.0.0.1:0, play ``pcm`` to it as an app would, return what came back."""
+async def _play(port: int, hello: object, pcm: bytes) -> tuple[list[dict[str, object]], int | None]:
+    """Play ``pcm`` to the relay on ``port`` as an app would; return what came back."""
     import json
 
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed
 
+    async with connect(f"ws://127.0.0.1:{port}") as ws:
+        messages = []
+        try:
+            await ws.send(hello if isinstance(hello, str) else json.dumps(hello))
+            for i in range(0, len(pcm), 3200):  # 100 ms frames
+                await ws.send(pcm[i : i + 3200])
+            await ws.send(json.dumps({"type": "end"}))
+        except ConnectionClosed:
+            pass  # the relay hung up early (bad hello, failed session): read why
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                messages.append(json.loads(await ws.recv()))
+        return messages, ws.close_code
+
+
+async def _relay_session(
+    context: object, hello: object, pcm: bytes
+) -> tuple[list[dict[str, object]], int | None]:
+    """Run the relay on 127.0.0.1:0 with ``context`` and play one connection to it."""
     relay = load_example("relay_server")
-    server = await relay.start(make_session)
-    port = server.sockets[0].getsockname()[1]
+    server = await relay.start(context)
     try:
-        async with connect(f"ws://127.0.0.1:{port}") as ws:
-            messages = []
-            try:
-                await ws.send(hello if isinstance(hello, str) else json.dumps(hello))
-                for i in range(0, len(pcm), 3200):  # 100 ms frames
-                    await ws.send(pcm[i : i + 3200])
-                await ws.send(json.dumps({"type": "end"}))
-            except ConnectionClosed:
-                pass  # the relay hung up early (bad hello, failed session): read why
-            with contextlib.suppress(ConnectionClosed):
-                while True:
-                    messages.append(json.loads(await ws.recv()))
-            code = ws.close_code
+        return await _play(server.sockets[0].getsockname()[1], hello, pcm)
     finally:
         server.close()
         await server.wait_closed()
-    return messages, code
 
 
-def _fake_sessions(faults: dict[str, object]) -> object:
-    from sttrouter.panel import EndpointRegistry, Router
-    from sttrouter.session import RoutedSession
+def _fake_context(faults: dict[str, object]) -> object:
+    from sttrouter import RoutingContext
+    from sttrouter.panel import EndpointRegistry
     from sttrouter.testing import FakeSTTService, fake_endpoint
 
-    router = Router(EndpointRegistry([fake_endpoint("primary"), fake_endpoint("backup")]))
-
-    def make_session(conditions: object, language: str | None) -> RoutedSession:
-        return RoutedSession(
-            router=router,
-            conditions=conditions,  # type: ignore[arg-type]
-            language=language,
-            service_factory=lambda ep: FakeSTTService(ep, faults=faults.get(ep.id)),  # type: ignore[arg-type]
-        )
-
-    return make_session
+    registry = EndpointRegistry([fake_endpoint("primary"), fake_endpoint("backup")])
+    return RoutingContext(
+        registry,
+        service_factory=lambda ep: FakeSTTService(ep, faults=faults.get(ep.id)),  # type: ignore[arg-type]
+    )
 
 
 async def test_relay_streams_through_a_failover() -> None:
     from sttrouter.testing import FaultPlan, synthetic_speech
 
     speech = synthetic_speech((5, 5, 5))
-    make = _fake_sessions({"primary": FaultPlan.drop_after(1.4)})
+    make = _fake_context({"primary": FaultPlan.drop_after(1.4)})
     hello = {"tier": "pro_max", "network": "connected", "thermal": "nominal", "language": "en"}
     messages, code = await _relay_session(make, hello, speech.pcm)
     assert code == 1000
@@ -241,11 +238,38 @@ async def test_relay_streams_through_a_failover() -> None:
     assert finals[-1]["endpoint"] == "backup"
 
 
+async def test_relay_connections_share_what_the_context_learns() -> None:
+    """One context per process: the engine that rejected the first connection's key is left
+    out of the second connection's chain, which goes straight to the backup."""
+    from sttrouter.testing import FaultPlan, synthetic_speech
+
+    speech = synthetic_speech((5, 5))
+    context = _fake_context({"primary": FaultPlan.auth_error()})
+    relay = load_example("relay_server")
+    server = await relay.start(context)
+    port = server.sockets[0].getsockname()[1]
+    hello = {"tier": "pro_max", "language": "en"}
+    try:
+        first, code = await _play(port, hello, speech.pcm)
+        assert code == 1000
+        assert first[0] == {"type": "ready", "chain": ["primary", "backup"]}
+        assert [m["kind"] for m in first if m["type"] == "route"][:2] == ["failed", "selected"]
+        second, code = await _play(port, hello, speech.pcm)
+        assert code == 1000
+        assert second[0] == {"type": "ready", "chain": ["backup"]}
+        assert [m["kind"] for m in second if m["type"] == "route"] == ["selected"]
+        words = [w for m in second if m["type"] == "final" for w in str(m["text"]).split()]
+        assert words == [w for w, _, _ in speech.words]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 async def test_relay_rejects_a_bad_hello() -> None:
-    messages, code = await _relay_session(_fake_sessions({}), "this is not json", b"")
+    messages, code = await _relay_session(_fake_context({}), "this is not json", b"")
     assert code == 1008
     assert messages[0]["type"] == "error"
-    messages, code = await _relay_session(_fake_sessions({}), {"tier": "galaxy"}, b"")
+    messages, code = await _relay_session(_fake_context({}), {"tier": "galaxy"}, b"")
     assert code == 1008
     assert "bad hello" in str(messages[0]["message"])
 
@@ -253,7 +277,7 @@ async def test_relay_rejects_a_bad_hello() -> None:
 async def test_relay_reports_when_every_engine_fails() -> None:
     from sttrouter.testing import FaultPlan, synthetic_speech
 
-    make = _fake_sessions(
+    make = _fake_context(
         {"primary": FaultPlan.drop_after(0.7), "backup": FaultPlan.fail_on_connect()}
     )
     messages, code = await _relay_session(make, {"tier": "pro_max"}, synthetic_speech((5, 5)).pcm)
