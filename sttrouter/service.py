@@ -37,7 +37,14 @@ from typing import Any, Protocol, runtime_checkable
 import anyio
 import attrs
 
-from sttrouter.audio import ENGINE_FORMAT, AudioChunk, AudioConverter, AudioFormat, read_audio
+from sttrouter.audio import (
+    ENGINE_FORMAT,
+    AudioChunk,
+    AudioConverter,
+    AudioFormat,
+    Encoding,
+    read_audio,
+)
 from sttrouter.clock import SYSTEM_CLOCK, Clock
 from sttrouter.endpoint import STTEndpoint
 from sttrouter.errors import (
@@ -204,6 +211,10 @@ class _Stream:
         self.source = source
         self.target = target
         self.converter = AudioConverter(source, target)
+        # caller bytes already in the engine's s16 format go to the engine as they are
+        self.passthrough = source == target and source.encoding is Encoding.PCM_S16LE
+        self.frame_bytes = source.frame_bytes
+        self.bytes_per_second = source.bytes_per_second
         self.failure: STTError | None = None
         self.engine_seconds = 0.0
         self.mark_ends: list[float] = []
@@ -331,6 +342,12 @@ class BaseSTTService:
         self, audio_format: AudioFormat = ENGINE_FORMAT, options: StreamOptions | None = None
     ) -> AsyncIterator[STTResult]:
         options = options or _DEFAULT_OPTIONS
+        if not isinstance(audio_format, AudioFormat):
+            raise AudioFormatError(
+                f"start_streaming takes an AudioFormat, got {type(audio_format).__name__} "
+                f"{audio_format!r}; e.g. AudioFormat(sample_rate=16000) for 16 kHz mono s16le",
+                endpoint_id=self.endpoint.id,
+            )
         if self._state is not _State.IDLE:
             raise AlreadyStreaming(
                 f"{self.endpoint.id} is already streaming; stop or cancel the current stream "
@@ -351,6 +368,17 @@ class BaseSTTService:
         return _results(stream)
 
     async def send_audio(self, chunk: AudioChunk) -> None:
+        stream = self._stream
+        if (
+            stream is not None
+            and stream.passthrough
+            and type(chunk) is bytes
+            and chunk
+            and not len(chunk) % stream.frame_bytes
+            and stream.failure is None
+        ):
+            await self._send_engine_bytes(stream, chunk)
+            return
         stream = self._require_stream("send_audio")
         if stream.failure is not None:
             raise stream.failure
@@ -359,6 +387,22 @@ class BaseSTTService:
             stream.source.seconds(_nbytes(chunk, stream.source)), self.clock.now()
         )
         await self._push(stream, data)
+
+    async def _send_engine_bytes(self, stream: _Stream, pcm: bytes) -> None:
+        """The per-chunk fast path: whole frames already in the engine format need no
+        validation or conversion, only metrics and the engine's ``_send``."""
+        now = self.clock.now()
+        seconds = len(pcm) / stream.bytes_per_second
+        self._metrics.audio_sent(seconds, now)
+        stream.mark(seconds, now)
+        try:
+            await self._send(pcm)
+        except Exception as exc:
+            self._fail(self._translate(exc))
+            assert stream.failure is not None
+            raise stream.failure from exc
+        if stream.failure is not None:
+            raise stream.failure
 
     async def finalize(self) -> None:
         """Force a final for the audio sent so far; the stream stays open.
