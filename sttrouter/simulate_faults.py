@@ -40,7 +40,7 @@ from sttrouter.panel.device import Conditions, NetworkStatus
 from sttrouter.panel.router import Router
 from sttrouter.resilience import AvailabilityView, RetryPolicy
 from sttrouter.results import STTResult
-from sttrouter.session import RoutedSession, SessionConfig
+from sttrouter.session import EndpointUsage, RoutedSession, SessionConfig
 from sttrouter.simulate import FaultSpec, FaultType, Trace, format_time
 from sttrouter.testing import FakeClock, FakeSTTService, settle
 from sttrouter.testing._speech import MARK_BASE, mark_word
@@ -167,16 +167,8 @@ class _SimEngine(FakeSTTService):
         await super()._send(pcm)
 
 
-@attrs.frozen
-class EndpointReport:
-    """What one endpoint did over the simulated session."""
-
-    endpoint_id: str
-    streams: int
-    audio_seconds: float
-    replayed_seconds: float
-    cost: Decimal
-    failures: int
+EndpointReport = EndpointUsage
+"""What one endpoint did over the simulated session (the session's own usage record)."""
 
 
 @attrs.frozen
@@ -414,12 +406,7 @@ def _report(
             spans.append((end, at))
     merged = _merge(spans)
     usage = session.usage()
-    reports = tuple(
-        EndpointReport(
-            u.endpoint_id, u.streams, u.audio_seconds, u.replayed_seconds, u.cost, u.failures
-        )
-        for u in sorted(usage.values(), key=lambda u: u.endpoint_id)
-    )
+    reports = tuple(sorted(usage.values(), key=lambda u: u.endpoint_id))
     kinds = Counter(e.kind for e in events)
     unc = _merge(uncovered)
     return FaultSimulation(
