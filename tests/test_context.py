@@ -113,7 +113,8 @@ async def test_a_waiting_session_takes_the_slot_when_it_frees() -> None:
     context, _ = make_context(clock, limit=1, on_event=heard.append)
     first = context.session()
     await tick(clock, first.start_streaming())
-    second = context.session()
+    mine: list[RouteEvent] = []
+    second = context.session(on_event=mine.append)
     waiting = asyncio.ensure_future(second.start_streaming())
     await settle()
     assert not waiting.done()
@@ -122,6 +123,8 @@ async def test_a_waiting_session_takes_the_slot_when_it_frees() -> None:
     await tick(clock, waiting)
     assert second.endpoint.id == "A"
     assert RouteEventKind.QUEUED in [e.kind for e in heard]  # the context hears every session
+    assert mine == heard[-len(mine) :]  # and the session's own listener its events
+    assert [e.kind for e in mine] == [RouteEventKind.QUEUED, RouteEventKind.SELECTED]
     await tick(clock, second.stop_streaming())
 
 
