@@ -38,7 +38,7 @@ from sttrouter.errors import ConnectionFailed, NoEndpointAvailable, StreamingFai
 from sttrouter.events import RouteEvent, RouteEventKind
 from sttrouter.panel.device import Conditions, NetworkStatus
 from sttrouter.panel.router import Router
-from sttrouter.resilience import AvailabilityView, RetryPolicy
+from sttrouter.resilience import HealthView, RetryPolicy
 from sttrouter.results import STTResult
 from sttrouter.session import EndpointUsage, RoutedSession, SessionConfig
 from sttrouter.simulate import FaultSpec, FaultType, Trace, format_time
@@ -231,7 +231,7 @@ class _Decider:
         conditions: Conditions,
         language: str | None = None,
         streaming: bool = True,
-        health: AvailabilityView | None = None,
+        health: HealthView | None = None,
     ) -> Any:
         return self.router.decide(
             conditions, language, self.streaming, health=health, environ=self.environ

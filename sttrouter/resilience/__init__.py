@@ -47,5 +47,3 @@ __all__ = [
     "service_probe",
     "websocket_probe",
 ]
-
-AvailabilityView = HealthView  # old name, kept only until the routed session imports HealthView

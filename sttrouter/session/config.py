@@ -9,7 +9,7 @@ import attrs
 from sttrouter.endpoint import STTEndpoint
 from sttrouter.errors import ConfigError
 from sttrouter.panel.device import Conditions
-from sttrouter.resilience import AvailabilityView
+from sttrouter.resilience import HealthView
 
 __all__ = ["Decider", "SessionConfig"]
 
@@ -27,7 +27,7 @@ class Decider(Protocol):
         conditions: Conditions,
         language: str | None = None,
         streaming: bool = True,
-        health: AvailabilityView | None = None,
+        health: HealthView | None = None,
     ) -> _Decision: ...
 
 

@@ -28,9 +28,9 @@ from sttrouter.panel.device import Conditions
 from sttrouter.resilience import (
     AdmissionController,
     AdmissionRefused,
-    AvailabilityView,
     BreakerBoard,
     BreakerState,
+    HealthView,
     Permit,
     RetryPolicy,
 )
@@ -72,8 +72,8 @@ class EndpointOpener:
         factory: ServiceFactory,
         clock: Clock,
         breakers: BreakerBoard,
-        health: AvailabilityView | None,
-        view: AvailabilityView,
+        health: HealthView | None,
+        view: HealthView,
         admission: AdmissionController,
         retry: RetryPolicy,
         rng: random.Random,

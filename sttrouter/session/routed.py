@@ -30,8 +30,8 @@ from sttrouter.options import StreamOptions
 from sttrouter.panel.device import Conditions
 from sttrouter.resilience import (
     AdmissionController,
-    AvailabilityView,
     BreakerBoard,
+    HealthView,
     RetryPolicy,
     all_available,
 )
@@ -111,7 +111,7 @@ class RoutedSession(BaseSTTService):
         service_factory: ServiceFactory | None = None,
         clock: Clock | None = None,
         breakers: BreakerBoard | None = None,
-        health: AvailabilityView | None = None,
+        health: HealthView | None = None,
         admission: AdmissionController | None = None,
         retry: RetryPolicy | None = None,
         config: SessionConfig | None = None,
