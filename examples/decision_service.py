@@ -30,18 +30,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from sttrouter.errors import ConfigError
-from sttrouter.panel import (
+from sttrouter import (
     Conditions,
+    ConfigError,
     DeviceTier,
     EndpointRegistry,
     NetworkStatus,
     Policy,
     Router,
     ThermalState,
-    default_registry,
-    tier_for_apple_device,
 )
+from sttrouter.panel import default_registry, tier_for_apple_device
 
 _FIELDS = frozenset(
     {"tier", "device", "ram_gb", "network", "thermal", "memory_gb", "language", "streaming"}

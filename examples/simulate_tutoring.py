@@ -30,20 +30,22 @@ from typing import Any
 
 import attrs
 
-from sttrouter.audio import ENGINE_FORMAT
-from sttrouter.endpoint import STTEndpoint
-from sttrouter.errors import NoEndpointAvailable, STTError
-from sttrouter.events import RouteEvent, RouteEventKind
-from sttrouter.panel import (
+from sttrouter import (
+    ENGINE_FORMAT,
     Conditions,
     EndpointRegistry,
-    HealthView,
     NetworkStatus,
+    NoEndpointAvailable,
     Policy,
+    RoutedSession,
+    RouteEvent,
+    RouteEventKind,
     Router,
-    default_registry,
+    SessionConfig,
+    STTEndpoint,
+    STTError,
 )
-from sttrouter.session import RoutedSession, SessionConfig
+from sttrouter.panel import HealthView, default_registry
 from sttrouter.simulate import FaultSpec, FaultType, Trace, format_time
 from sttrouter.testing import (
     FakeClock,

@@ -18,11 +18,15 @@ from collections.abc import Mapping
 import anyio
 import pytest
 
-from sttrouter.endpoint import STTEndpoint
-from sttrouter.errors import NoEndpointAvailable, STTError
-from sttrouter.events import RouteEventKind
-from sttrouter.results import STTResult
-from sttrouter.session import RoutedSession, SessionConfig
+from sttrouter import (
+    NoEndpointAvailable,
+    RoutedSession,
+    RouteEventKind,
+    SessionConfig,
+    STTEndpoint,
+    STTError,
+    STTResult,
+)
 from sttrouter.testing import FakeClock, FakeSTTService, FaultPlan, SyntheticSpeech, fake_endpoint
 
 pytestmark = pytest.mark.anyio
