@@ -377,7 +377,20 @@ class BaseSTTService:
             and not len(chunk) % stream.frame_bytes
             and stream.failure is None
         ):
-            await self._send_engine_bytes(stream, chunk)
+            # the per-chunk fast path: whole frames already in the engine format need no
+            # validation or conversion, only metrics and the engine's ``_send``
+            now = self.clock.now()
+            seconds = len(chunk) / stream.bytes_per_second
+            self._metrics.audio_sent(seconds, now)
+            stream.mark(seconds, now)
+            try:
+                await self._send(chunk)
+            except Exception as exc:
+                self._fail(self._translate(exc))
+                assert stream.failure is not None
+                raise stream.failure from exc
+            if stream.failure is not None:
+                raise stream.failure
             return
         stream = self._require_stream("send_audio")
         if stream.failure is not None:
@@ -387,22 +400,6 @@ class BaseSTTService:
             stream.source.seconds(_nbytes(chunk, stream.source)), self.clock.now()
         )
         await self._push(stream, data)
-
-    async def _send_engine_bytes(self, stream: _Stream, pcm: bytes) -> None:
-        """The per-chunk fast path: whole frames already in the engine format need no
-        validation or conversion, only metrics and the engine's ``_send``."""
-        now = self.clock.now()
-        seconds = len(pcm) / stream.bytes_per_second
-        self._metrics.audio_sent(seconds, now)
-        stream.mark(seconds, now)
-        try:
-            await self._send(pcm)
-        except Exception as exc:
-            self._fail(self._translate(exc))
-            assert stream.failure is not None
-            raise stream.failure from exc
-        if stream.failure is not None:
-            raise stream.failure
 
     async def finalize(self) -> None:
         """Force a final for the audio sent so far; the stream stays open.

@@ -117,13 +117,18 @@ class ReplayBuffer:
 
     def trim(self, pos: int) -> None:
         """Forget audio before ``pos`` (it has a final now)."""
-        pos = min(pos, self.end)
+        if pos > self.end:
+            pos = self.end
         if pos <= self.start:
             return
         self.start = pos
-        i = bisect.bisect_right(self._starts, pos, lo=self._head) - 1
-        self._head = max(self._head, i)
-        if self._head > 256 and self._head * 2 > len(self._chunks):
+        # the head only moves forward, one chunk at a time: amortised O(1) per chunk
+        starts, head = self._starts, self._head
+        last = len(starts) - 1
+        while head < last and starts[head + 1] <= pos:
+            head += 1
+        self._head = head
+        if head > 256 and head * 2 > len(self._chunks):
             del self._chunks[: self._head]
             del self._starts[: self._head]
             self._head = 0
