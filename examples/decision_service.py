@@ -39,8 +39,9 @@ from sttrouter import (
     Policy,
     Router,
     ThermalState,
+    default_registry,
 )
-from sttrouter.panel import default_registry, tier_for_apple_device
+from sttrouter.panel import tier_for_apple_device
 
 _FIELDS = frozenset(
     {"tier", "device", "ram_gb", "network", "thermal", "memory_gb", "language", "streaming"}

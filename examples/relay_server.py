@@ -57,8 +57,9 @@ from sttrouter import (
     STTError,
     STTResult,
     ThermalState,
+    default_registry,
 )
-from sttrouter.panel import default_registry, tier_for_apple_device
+from sttrouter.panel import tier_for_apple_device
 
 log = logging.getLogger("relay")
 

@@ -44,8 +44,9 @@ from sttrouter import (
     SessionConfig,
     STTEndpoint,
     STTError,
+    default_registry,
 )
-from sttrouter.panel import HealthView, default_registry
+from sttrouter.panel import HealthView
 from sttrouter.simulate import FaultSpec, FaultType, Trace, format_time
 from sttrouter.testing import (
     FakeClock,

@@ -3,6 +3,7 @@ device tier, network, thermal state, health, load and cost, with mid-stream fail
 that loses no audio.
 """
 
+from sttrouter._builtin_endpoints import assemblyai_endpoint, deepgram_endpoint, offline_endpoint
 from sttrouter.audio import ENGINE_FORMAT, AudioConverter, AudioFormat, Encoding, read_audio
 from sttrouter.clock import Clock, SystemClock
 from sttrouter.context import RoutingContext
@@ -36,7 +37,7 @@ from sttrouter.metrics import STTMetrics
 from sttrouter.options import StreamOptions
 from sttrouter.panel.device import Conditions, DeviceTier, NetworkStatus, ThermalState
 from sttrouter.panel.policy import Policy, Rule
-from sttrouter.panel.registry import EndpointRegistry
+from sttrouter.panel.registry import EndpointRegistry, default_registry
 from sttrouter.panel.router import Decision, Router, SkipReason, Verdict
 from sttrouter.providers import create_service, register_provider
 from sttrouter.results import STTResult, Transcript, WordTimestamp
@@ -104,7 +105,11 @@ __all__ = [
     "Verdict",
     "WordTimestamp",
     "__version__",
+    "assemblyai_endpoint",
     "create_service",
+    "deepgram_endpoint",
+    "default_registry",
+    "offline_endpoint",
     "read_audio",
     "register_provider",
 ]

@@ -86,7 +86,11 @@ PUBLIC_API = [
     "Verdict",
     "WordTimestamp",
     "__version__",
+    "assemblyai_endpoint",
     "create_service",
+    "deepgram_endpoint",
+    "default_registry",
+    "offline_endpoint",
     "read_audio",
     "register_provider",
 ]
