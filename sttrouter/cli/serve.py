@@ -21,6 +21,7 @@ from typing import Any
 
 import attrs
 
+from sttrouter._builtin_endpoints import offline_endpoint
 from sttrouter.endpoint import ConnectionConfig, Location, STTEndpoint
 from sttrouter.errors import ConfigError
 from sttrouter.gateway import protocol as gw
@@ -106,9 +107,7 @@ def build_backend(args: argparse.Namespace) -> Backend:
 
         return lambda config: FakeSTTService()
     if kind == "offline":
-        endpoint = STTEndpoint(
-            id="offline", provider="offline", location=Location.ON_DEVICE, needs_network=False
-        )
+        endpoint = offline_endpoint()
         return lambda config: create_service(endpoint)
     if kind == "glm-local":
         options: dict[str, Any] = {}
