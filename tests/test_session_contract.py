@@ -27,9 +27,7 @@ KEYWORDS = StreamOptions(keywords=["sttrouter"])
 
 
 class Recording(FakeSTTService):
-    """A fake engine that honours keywords and records options and finalize calls."""
-
-    supported_options = frozenset({"keywords"})
+    """A fake engine that records the options of its streams and when finalize came."""
 
     def __init__(self, *args: object, **kw: object) -> None:
         super().__init__(*args, **kw)  # type: ignore[arg-type]
@@ -42,12 +40,13 @@ class Recording(FakeSTTService):
 
     async def _finalize(self) -> None:
         self.finalized_at.append(len(self.received))
+        await super()._finalize()
 
 
 # -- per-stream options ---------------------------------------------------------------------
 async def test_an_endpoint_that_refuses_the_options_is_skipped_without_blame() -> None:
     clock = FakeClock()
-    plain = FakeSTTService(fake_endpoint("plain"), clock=clock)
+    plain = FakeSTTService(fake_endpoint("plain"), clock=clock, supported_options=())
     keen = Recording(fake_endpoint("keen"), clock=clock)
     board = BreakerBoard(clock=clock)
     s = RoutedSession(
@@ -70,8 +69,8 @@ async def test_an_endpoint_that_refuses_the_options_is_skipped_without_blame() -
 
 async def test_no_endpoint_honours_the_options() -> None:
     clock = FakeClock()
-    a = FakeSTTService(fake_endpoint("a"), clock=clock)
-    b = FakeSTTService(fake_endpoint("b"), clock=clock)
+    a = FakeSTTService(fake_endpoint("a"), clock=clock, supported_options=())
+    b = FakeSTTService(fake_endpoint("b"), clock=clock, supported_options=("language",))
     s = RoutedSession([a.endpoint, b.endpoint], service_factory=fakes(clock, a, b), clock=clock)
     with pytest.raises(NoEndpointAvailable, match="keywords") as info:
         await s.start_streaming(options=KEYWORDS)

@@ -36,12 +36,13 @@ from sttrouter.resilience import Permit
 from sttrouter.results import STTResult
 from sttrouter.service import ServiceFactory, STTService
 from sttrouter.session._replay import chunk_has_speech
-from sttrouter.session.ledger import LegUsage
-from sttrouter.session.timeline import BYTES_PER_SECOND, EmptyFinals
+from sttrouter.session.ledger import LegUsage, UsageLedger
+from sttrouter.session.timeline import BYTES_PER_SECOND, EmptyFinals, EmptyVerdict
 
 __all__ = [
     "Leg",
     "LegHooks",
+    "LegPool",
     "LegSettings",
     "LegState",
     "OpenFailure",
@@ -235,6 +236,19 @@ class Leg:
             return False
         return True
 
+    def empty_final(self, result: STTResult, *, speech: bool) -> bool:
+        """An empty final arrived (``speech``: over audio with speech energy); ``True`` when
+        it is an ordinary one to deliver. A run of them over speech fails the leg."""
+        verdict = self.empty.on_empty(result, speech=speech)
+        if verdict is EmptyVerdict.FAIL:
+            self.fail(
+                EmptyTranscripts(
+                    f"{self.empty.run} empty finals in a row over audio with speech energy "
+                    f"(from {self.empty.withheld[0].start:.2f}s)"
+                )
+            )
+        return verdict is EmptyVerdict.DELIVER
+
     def fail(self, error: STTError) -> None:
         """The endpoint failed: stop listening to it and tell the session (once)."""
         if not self.listening:
@@ -307,6 +321,56 @@ class Leg:
                 continue
             self.fail(StreamStalled(f"no result for {timeout:g}s after speech was sent"))
             return
+
+
+class LegPool:
+    """A session's open legs, and the services of given-up legs still closing; retiring a
+    leg books what it carried in the usage ledger."""
+
+    def __init__(
+        self,
+        ledger: UsageLedger,
+        spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]],
+    ) -> None:
+        self._ledger = ledger
+        self._spawn = spawn
+        self._open: list[Leg] = []
+        self._closing: list[STTService] = []
+
+    def add(self, leg: Leg) -> None:
+        if leg not in self._open:
+            self._open.append(leg)
+
+    def usage(self) -> list[LegUsage]:
+        """What the open legs carried so far."""
+        return [leg.usage() for leg in self._open]
+
+    def retire(self, leg: Leg) -> None:
+        """Stop listening to ``leg`` and book what it carried."""
+        if leg.retire() and leg in self._open:
+            self._open.remove(leg)
+            self._ledger.record_stream(leg.usage())
+
+    async def close(self, leg: Leg) -> None:
+        self.retire(leg)
+        await leg.close()
+
+    def drop(self, leg: Leg, *, background: bool) -> None:
+        """Retire ``leg`` and close its connection in the background (``background``: the
+        session stream is still running): a dead socket's close handshake must not delay
+        the failover."""
+        self.retire(leg)
+        if leg.service.is_streaming and background:
+            self._closing.append(leg.service)
+            self._spawn(quietly_cancel(leg.service))
+
+    async def close_all(self) -> None:
+        for leg in list(self._open):
+            await self.close(leg)
+        closing, self._closing = self._closing, []
+        for service in closing:
+            if service.is_streaming:
+                await quietly_cancel(service)
 
 
 @attrs.frozen

@@ -21,12 +21,11 @@ from sttrouter.clock import Clock
 from sttrouter.endpoint import Provider, STTEndpoint
 from sttrouter.errors import (
     ConfigError,
-    EmptyTranscripts,
     NoEndpointAvailable,
     STTError,
 )
-from sttrouter.events import EventListener, EventLog, RouteEvent, RouteEventKind
-from sttrouter.options import StreamOptions
+from sttrouter.events import EventListener, RouteEvent, RouteEventKind
+from sttrouter.options import OPTION_NAMES, StreamOptions
 from sttrouter.panel.device import Conditions
 from sttrouter.resilience import (
     AdmissionController,
@@ -39,15 +38,16 @@ from sttrouter.results import STTResult
 from sttrouter.service import BaseSTTService, ServiceFactory, STTService
 from sttrouter.session._replay import ReplayBuffer
 from sttrouter.session.config import Decider, SessionConfig
+from sttrouter.session.journal import Journal
 from sttrouter.session.ledger import EndpointUsage, UsageLedger
 from sttrouter.session.leg import (
     Leg,
     LegHooks,
+    LegPool,
     LegState,
-    quietly_cancel,
 )
 from sttrouter.session.opening import EndpointOpener
-from sttrouter.session.timeline import EmptyVerdict, Timeline
+from sttrouter.session.timeline import Timeline
 
 __all__ = ["RoutedSession", "StreamState"]
 
@@ -126,12 +126,12 @@ class RoutedSession(BaseSTTService):
         super().__init__(static[0] if static else _PLACEHOLDER, clock=clock)
         self.config = config or SessionConfig()
         self._breakers = breakers or BreakerBoard(clock=self.clock)
-        self._events = EventLog(on_event)
         self._ledger = UsageLedger()
         self.metrics.price_by(self._ledger_cost)
         self._buf = ReplayBuffer(self.config.replay_seconds)
         self._chunk_bytes = max(2, self._buf.format.bytes_for(self.config.replay_chunk_seconds))
         self._timeline = Timeline()
+        self._journal = Journal(on_event, self.clock, self._buf)
         self._endpoints = EndpointOpener(
             static=static,
             router=router,
@@ -152,16 +152,13 @@ class RoutedSession(BaseSTTService):
             hooks=LegHooks(
                 self.clock, self._spawn, self._on_result, self._on_leg_failure, self._fail_stream
             ),
-            event=self._event,
+            event=self._journal.emit,
         )
         if self._endpoints.chain:
             self.endpoint = self._endpoints.chain[0]
         self._lock = asyncio.Lock()
         self._stream_state = StreamState.IDLE
-        self._legs: list[Leg] = []  # open legs (the serving one and any still finishing)
-        self._closing: list[STTService] = []  # given-up services closing in the background
-        self.uncovered: list[tuple[float, float]] = []
-        """Spans of session audio that could not be transcribed (replay-buffer overflow)."""
+        self._legs = LegPool(self._ledger, self._spawn)
         self._reset_stream_state()
 
     def _reset_stream_state(self) -> None:
@@ -169,11 +166,9 @@ class RoutedSession(BaseSTTService):
         self._timeline.final_pos = 0
         self._endpoints.begin(self.stream_options)
         self._leg: Leg | None = None
-        self._overflow_reported = False
         self._recovery: asyncio.Task[None] | None = None
         self._reroute: str | None = None
         self._finalize_pending = False
-        self.uncovered = []
 
     # -- public surface -------------------------------------------------------------------
     @property
@@ -195,12 +190,17 @@ class RoutedSession(BaseSTTService):
 
     def events(self) -> AsyncIterator[RouteEvent]:
         """Route events of the current (or next) stream, until that stream ends."""
-        return self._events.iterate()
+        return self._journal.iterate()
 
     @property
     def history(self) -> tuple[RouteEvent, ...]:
         """Route events of the current (or last) stream."""
-        return tuple(self._events.history)
+        return self._journal.history
+
+    @property
+    def uncovered(self) -> list[tuple[float, float]]:
+        """Spans of session audio that could not be transcribed (replay-buffer overflow)."""
+        return self._journal.uncovered
 
     def update_conditions(self, conditions: Conditions) -> None:
         """Re-decide with new conditions; a changed decision moves the stream at the next
@@ -219,7 +219,7 @@ class RoutedSession(BaseSTTService):
 
     def usage(self) -> dict[str, EndpointUsage]:
         """Audio and cost per endpoint over the session's life (all streams)."""
-        return self._ledger.usage(leg.usage() for leg in self._legs)
+        return self._ledger.usage(self._legs.usage())
 
     @property
     def cost(self) -> Decimal:
@@ -229,6 +229,11 @@ class RoutedSession(BaseSTTService):
     @property
     def cost_per_hour(self) -> Decimal:
         return self.endpoint.cost_per_hour
+
+    supported_options = OPTION_NAMES
+    """Every option is carried to the endpoint streams; each checks them when it opens, and
+    one that cannot honour them is skipped (``NoEndpointAvailable`` names the option when no
+    endpoint can)."""
 
     def check_options(self, options: StreamOptions) -> None:
         """Every option is accepted here: each endpoint stream checks them when it opens."""
@@ -243,20 +248,22 @@ class RoutedSession(BaseSTTService):
     # -- BaseSTTService hooks -------------------------------------------------------------
     async def _open(self) -> None:
         self._reset_stream_state()
-        self._events.begin()
+        self._journal.begin()
         self._stream_state = StreamState.OPENING
         async with self._lock:
             leg = await self._endpoints.acquire(takeover=False)
         self._serve(leg)
         self._stream_state = StreamState.LIVE
-        self._event(RouteEventKind.SELECTED, leg.endpoint.id, reason=self._rank(leg.endpoint))
+        self._journal.emit(
+            RouteEventKind.SELECTED, leg.endpoint.id, reason=self._rank(leg.endpoint)
+        )
 
     async def _send(self, pcm: bytes) -> None:
         buf = self._buf
         before = buf.end
         dropped = buf.append(pcm)
         if dropped is not None:
-            self._report_overflow(dropped)
+            self._journal.overflow(dropped, self.endpoint.id, self.config.replay_seconds)
         if self._stream_state is not StreamState.LIVE:
             return  # whoever owns the stream catches up with the buffer
         leg = self._leg
@@ -283,19 +290,21 @@ class RoutedSession(BaseSTTService):
                 assert leg is not None
                 if await leg.finish():
                     self._breakers.breaker(leg.endpoint.id).record_success()
-                    await self._close_leg(leg)
-                    self._raise_if_audio_lost()
+                    await self._legs.close(leg)
+                    lost = self._journal.lost_audio_error()
+                    if lost is not None and self.config.raise_on_lost_audio:
+                        raise lost
                     return
 
     async def _abort(self) -> None:
         self._stream_state = StreamState.FINISHING
-        await self._close_all()
+        await self._legs.close_all()
 
     async def _teardown(self, stream: Any) -> None:
         self._stream_state = StreamState.FINISHING
-        await self._close_all()
+        await self._legs.close_all()
         await super()._teardown(stream)
-        self._events.end()
+        self._journal.end()
         self._stream_state = StreamState.IDLE
 
     # -- the data path --------------------------------------------------------------------
@@ -349,23 +358,16 @@ class RoutedSession(BaseSTTService):
 
     async def _fail_over(self, old: Leg | None) -> None:
         if old is not None:
-            self._drop_leg(old)
+            self._legs.drop(old, background=self.is_streaming)
         self._leg = None
         lost = self._timeline.lost_to_overflow(self._buf.start)
         if lost is not None:  # the buffer overflowed: that audio is gone
-            span = (self._buf.seconds(lost[0]), self._buf.seconds(lost[1]))
-            self.uncovered.append(span)
-            self._event(
-                RouteEventKind.OVERFLOW,
-                old.endpoint.id if old else None,
-                reason="audio dropped from the full replay buffer could not be replayed",
-                interval=span,
-            )
+            self._journal.lost(lost, old.endpoint.id if old else None)
         leg = await self._endpoints.acquire(takeover=old is not None)
         self._serve(leg)
         self.metrics.failovers += 1
         failure = old.failure if old is not None else None
-        self._event(
+        self._journal.emit(
             RouteEventKind.FAILOVER,
             leg.endpoint.id,
             previous=old.endpoint.id if old else None,
@@ -380,7 +382,7 @@ class RoutedSession(BaseSTTService):
 
     async def _fail_stream(self, error: STTError) -> None:
         """End the caller's stream with ``error`` (a caller error, or nothing left to serve)."""
-        await self._close_all()
+        await self._legs.close_all()
         self._fail(error)
 
     # -- results --------------------------------------------------------------------------
@@ -394,16 +396,8 @@ class RoutedSession(BaseSTTService):
         if not res.transcript.strip():
             lo, hi = timeline.position(res.start), timeline.position(res.end)
             speech = self._buf.has_speech(lo, hi, self.config.speech_dbfs)
-            verdict = leg.empty.on_empty(res, speech=speech)
-            if verdict is EmptyVerdict.DELIVER:
+            if leg.empty_final(res, speech=speech):
                 await self._deliver_final(res)
-            elif verdict is EmptyVerdict.FAIL:
-                leg.fail(
-                    EmptyTranscripts(
-                        f"{leg.empty.run} empty finals in a row over audio with speech "
-                        f"energy (from {leg.empty.withheld[0].start:.2f}s)"
-                    )
-                )
             return
         for withheld in leg.empty.on_text():
             await self._deliver_final(withheld)
@@ -421,7 +415,7 @@ class RoutedSession(BaseSTTService):
         await self._emit(kept)
         if self._timeline.advance(kept, self._buf.end):
             self._endpoints.sweeps = 0
-            self._overflow_reported = False
+            self._journal.final_delivered()
             pos, floor = self._timeline.final_pos, self._endpoints.trim_floor
             self._buf.trim(pos if floor is None else min(pos, floor))
 
@@ -450,14 +444,14 @@ class RoutedSession(BaseSTTService):
                 return
             reroute, self._reroute = self._reroute, None
             if target.id in self._endpoints.failed_at and reroute is None:
-                self._event(
+                self._journal.emit(
                     RouteEventKind.RECOVERED, target.id, reason="breaker and health allow it"
                 )
             opened = await self._endpoints.open(target, queue=False)
             if isinstance(opened, Leg):
-                self._drop_leg(old)
+                self._legs.drop(old, background=self.is_streaming)
                 self._serve(opened)
-                self._event(
+                self._journal.emit(
                     RouteEventKind.REROUTED if reroute else RouteEventKind.SWITCHED_BACK,
                     opened.endpoint.id,
                     previous=old.endpoint.id,
@@ -474,8 +468,7 @@ class RoutedSession(BaseSTTService):
     # -- bookkeeping ----------------------------------------------------------------------
     def _serve(self, leg: Leg) -> None:
         """Make ``leg`` the one serving the stream."""
-        if leg not in self._legs:
-            self._legs.append(leg)
+        self._legs.add(leg)
         self._leg = leg
         self.endpoint = leg.endpoint
 
@@ -489,71 +482,7 @@ class RoutedSession(BaseSTTService):
         return (self._buf.seconds(leg.offset), self._buf.seconds(self._buf.end))
 
     def _ledger_cost(self) -> Decimal:
-        return self._ledger.cost(leg.usage() for leg in self._legs)
-
-    def _raise_if_audio_lost(self) -> None:
-        """No audio is lost silently: what no final covers reaches the caller as an error."""
-        if not self.uncovered or not self.config.raise_on_lost_audio:
-            return
-        more = len(self.uncovered) - 1
-        raise NoEndpointAvailable(
-            "audio that overflowed the replay buffer could not be replayed after a failover"
-            + (f" ({more} more span(s) in session.uncovered)" if more else "")
-            + "; raise SessionConfig.replay_seconds for engines that finalise rarely",
-            uncovered=self.uncovered[0],
-        )
-
-    def _report_overflow(self, dropped: tuple[int, int]) -> None:
-        if self._overflow_reported:
-            return  # one event per episode, not one per chunk
-        self._overflow_reported = True
-        self._event(
-            RouteEventKind.OVERFLOW,
-            self.endpoint.id,
-            reason=f"no final for {self.config.replay_seconds:g}s: the oldest audio can no "
-            "longer be replayed if this endpoint fails",
-            interval=(self._buf.seconds(dropped[0]), self._buf.seconds(dropped[1])),
-        )
-
-    def _retire(self, leg: Leg) -> None:
-        """Stop listening to ``leg`` and book what it carried."""
-        if leg.retire() and leg in self._legs:
-            self._legs.remove(leg)
-            self._ledger.record_stream(leg.usage())
-
-    async def _close_leg(self, leg: Leg) -> None:
-        self._retire(leg)
-        await leg.close()
-
-    def _drop_leg(self, leg: Leg) -> None:
-        """Retire ``leg`` and close its connection in the background: a dead socket's close
-        handshake must not delay the failover."""
-        self._retire(leg)
-        if leg.service.is_streaming and self.is_streaming:
-            self._closing.append(leg.service)
-            self._spawn(quietly_cancel(leg.service))
-
-    async def _close_all(self) -> None:
-        for leg in list(self._legs):
-            await self._close_leg(leg)
-        closing, self._closing = self._closing, []
-        for service in closing:
-            if service.is_streaming:
-                await quietly_cancel(service)
-
-    def _event(
-        self,
-        kind: RouteEventKind,
-        endpoint_id: str | None,
-        *,
-        previous: str | None = None,
-        reason: str = "",
-        interval: tuple[float, float] | None = None,
-    ) -> None:
-        audio_time = self._buf.seconds(self._buf.end)
-        self._events.emit(
-            RouteEvent(kind, endpoint_id, previous, reason, audio_time, self.clock.now(), interval)
-        )
+        return self._ledger.cost(self._legs.usage())
 
 
 def _describe(c: Conditions) -> str:
