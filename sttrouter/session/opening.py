@@ -33,6 +33,7 @@ from sttrouter.resilience import (
     HealthView,
     Permit,
     RetryPolicy,
+    all_available,
 )
 from sttrouter.service import ServiceFactory, STTService
 from sttrouter.session._replay import ReplayBuffer
@@ -69,11 +70,10 @@ class EndpointOpener:
         router: Decider | None,
         conditions: Conditions,
         language: str | None,
-        factory: ServiceFactory,
+        factory: ServiceFactory | None,
         clock: Clock,
         breakers: BreakerBoard,
         health: HealthView | None,
-        view: HealthView,
         admission: AdmissionController,
         retry: RetryPolicy,
         rng: random.Random,
@@ -85,8 +85,10 @@ class EndpointOpener:
         event: EventSink,
     ) -> None:
         self._static, self._router, self._language = static, router, language
-        self._factory, self._clock, self._config = factory, clock, config
-        self._breakers, self._health, self._view = breakers, health, view
+        self._clock, self._config = clock, config
+        self._factory = factory or self._default_factory
+        self._breakers, self._health = breakers, health
+        self._view = all_available(breakers, health)
         self._admission, self._retry, self._rng = admission, retry, rng
         self._ledger, self._buf, self._timeline = ledger, buffer, timeline
         self._hooks, self._event = hooks, event
@@ -175,6 +177,25 @@ class EndpointOpener:
             log.info("every endpoint failed; sweeping the chain again in %.3fs", delay)
             retrying = True
             await self._clock.sleep(delay)
+
+    def _default_factory(self, endpoint: STTEndpoint) -> STTService:
+        from sttrouter.providers import create_service
+
+        return create_service(endpoint, clock=self._clock)
+
+    def rank(self, endpoint: STTEndpoint) -> str:
+        """Where ``endpoint`` stands in the chain, in words."""
+        ids = [ep.id for ep in self.chain]
+        if endpoint.id not in ids:
+            return ""
+        return f"rank {ids.index(endpoint.id) + 1} of {len(ids)} in the chain"
+
+    def switch_target(self, serving: STTEndpoint) -> STTEndpoint | None:
+        """At an utterance boundary: a higher-priority endpoint to move to, if any (a
+        router decides again first: health and conditions may have changed)."""
+        if self._router is not None:
+            self.chain = self.decide()
+        return self.higher_than(serving)
 
     def build(self, endpoint: STTEndpoint) -> STTService:
         """A fresh service for ``endpoint`` (from the session's factory)."""

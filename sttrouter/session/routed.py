@@ -19,33 +19,18 @@ from typing import Any
 
 from sttrouter.clock import Clock
 from sttrouter.endpoint import Provider, STTEndpoint
-from sttrouter.errors import (
-    ConfigError,
-    NoEndpointAvailable,
-    STTError,
-)
+from sttrouter.errors import ConfigError, NoEndpointAvailable, STTError
 from sttrouter.events import EventListener, RouteEvent, RouteEventKind
 from sttrouter.options import OPTION_NAMES, StreamOptions
 from sttrouter.panel.device import Conditions
-from sttrouter.resilience import (
-    AdmissionController,
-    BreakerBoard,
-    HealthView,
-    RetryPolicy,
-    all_available,
-)
+from sttrouter.resilience import AdmissionController, BreakerBoard, HealthView, RetryPolicy
 from sttrouter.results import STTResult
-from sttrouter.service import BaseSTTService, ServiceFactory, STTService
+from sttrouter.service import BaseSTTService, ServiceFactory
 from sttrouter.session._replay import ReplayBuffer
 from sttrouter.session.config import Decider, SessionConfig
 from sttrouter.session.journal import Journal
 from sttrouter.session.ledger import EndpointUsage, UsageLedger
-from sttrouter.session.leg import (
-    Leg,
-    LegHooks,
-    LegPool,
-    LegState,
-)
+from sttrouter.session.leg import Leg, LegHooks, LegPool, LegState
 from sttrouter.session.opening import EndpointOpener
 from sttrouter.session.timeline import Timeline
 
@@ -137,11 +122,10 @@ class RoutedSession(BaseSTTService):
             router=router,
             conditions=conditions or Conditions(),
             language=language,
-            factory=service_factory or self._default_factory,
+            factory=service_factory,
             clock=self.clock,
             breakers=self._breakers,
             health=health,
-            view=all_available(self._breakers, health),
             admission=admission or AdmissionController(clock=self.clock),
             retry=retry or RetryPolicy(),
             rng=rng or random.Random(),
@@ -255,7 +239,7 @@ class RoutedSession(BaseSTTService):
         self._serve(leg)
         self._stream_state = StreamState.LIVE
         self._journal.emit(
-            RouteEventKind.SELECTED, leg.endpoint.id, reason=self._rank(leg.endpoint)
+            RouteEventKind.SELECTED, leg.endpoint.id, reason=self._endpoints.rank(leg.endpoint)
         )
 
     async def _send(self, pcm: bytes) -> None:
@@ -301,8 +285,7 @@ class RoutedSession(BaseSTTService):
         await self._legs.close_all()
 
     async def _teardown(self, stream: Any) -> None:
-        self._stream_state = StreamState.FINISHING
-        await self._legs.close_all()
+        await self._abort()
         await super()._teardown(stream)
         self._journal.end()
         self._stream_state = StreamState.IDLE
@@ -421,14 +404,10 @@ class RoutedSession(BaseSTTService):
 
     # -- switch-back and re-route ---------------------------------------------------------
     def _at_boundary(self, leg: Leg) -> None:
-        if leg is not self._leg or self._stream_state is StreamState.FINISHING:
+        finishing = self._stream_state is StreamState.FINISHING
+        if leg is not self._leg or finishing or not self.config.switch_back:
             return
-        if not self.config.switch_back:
-            return
-        endpoints = self._endpoints
-        if endpoints.routed:
-            endpoints.chain = endpoints.decide()
-        target = endpoints.higher_than(leg.endpoint)
+        target = self._endpoints.switch_target(leg.endpoint)
         if target is None:
             self._reroute = None
             return
@@ -460,23 +439,12 @@ class RoutedSession(BaseSTTService):
                 )
             await self._catch_up()  # the new leg replays; or the old one catches up
 
-    def _default_factory(self, endpoint: STTEndpoint) -> STTService:
-        from sttrouter.providers import create_service
-
-        return create_service(endpoint, clock=self.clock)
-
     # -- bookkeeping ----------------------------------------------------------------------
     def _serve(self, leg: Leg) -> None:
         """Make ``leg`` the one serving the stream."""
         self._legs.add(leg)
         self._leg = leg
         self.endpoint = leg.endpoint
-
-    def _rank(self, endpoint: STTEndpoint) -> str:
-        ids = [ep.id for ep in self._endpoints.chain]
-        if endpoint.id not in ids:
-            return ""
-        return f"rank {ids.index(endpoint.id) + 1} of {len(ids)} in the chain"
 
     def _replay_span(self, leg: Leg) -> tuple[float, float]:
         return (self._buf.seconds(leg.offset), self._buf.seconds(self._buf.end))
