@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sttrouter._builtin_endpoints import builtin_endpoint
 from sttrouter.endpoint import ConnectionConfig, Location, Provider, STTEndpoint
 from sttrouter.errors import ConfigError
 from sttrouter.panel import _toml
@@ -140,6 +141,12 @@ def test_fields_given_win_over_provider_defaults_and_custom_kinds_get_none() -> 
     assert e.needs_network is True
     fake = endpoint_from_dict({"id": "f", "provider": "fake"})
     assert fake == STTEndpoint(id="f", provider="fake")
+
+
+def test_only_built_in_kinds_have_a_built_in_endpoint() -> None:
+    assert builtin_endpoint("offline", id="o2").id == "o2"
+    with pytest.raises(KeyError):
+        builtin_endpoint("fake")
 
 
 def test_a_dumped_minimal_entry_loads_back_equal() -> None:
