@@ -461,7 +461,7 @@ async def test_http_transcriptions_json_text_sse_and_errors() -> None:
         decoder = wire.SSEDecoder()
         events = [e for d in decoder.feed(r.content) for e in wire.parse_stream_event(d)]
         assert wire.iter_text(iter(events)) == SPEECH.text
-        assert events[-1].kind == "end"
+        assert events[-1].kind == "done"
         import io
 
         import numpy as np
@@ -470,9 +470,9 @@ async def test_http_transcriptions_json_text_sse_and_errors() -> None:
         flac = io.BytesIO()
         soundfile.write(flac, np.frombuffer(SPEECH.pcm, dtype="<i2"), 16000, format="FLAC")
         assert (await post(client, url, {}, flac.getvalue())).json()["text"] == SPEECH.text
-        bad = await post(client, url, {"response_format": "srt"}, wav)
+        bad = await post(client, url, {"response_format": "xml"}, wav)
         assert bad.status_code == 400
-        assert "srt" in wire.parse_error(400, bad.content).message
+        assert "xml" in wire.parse_error(400, bad.content).message
         assert (await post(client, url, {}, b"garbage")).status_code == 400
         assert (await post(client, url, {}, wire.wav_bytes(b""))).status_code == 400
         big = await post(client, url, {}, bytes(300_000))
@@ -506,7 +506,7 @@ async def test_http_backend_failures() -> None:
         assert (await post(client, app.http_url, {}, wav)).status_code == 429
         r = await post(client, app.http_url, {"stream": "true"}, wav)
         events = [e for d in wire.SSEDecoder().feed(r.content) for e in wire.parse_stream_event(d)]
-        assert [e.kind for e in events] == ["error", "end"]
+        assert [e.kind for e in events] == ["error"]  # OpenAI sends no [DONE]
 
 
 async def test_ready_probes_the_backend() -> None:
@@ -518,7 +518,10 @@ async def test_ready_probes_the_backend() -> None:
     async with AppServer(server.app) as app, httpx.AsyncClient() as client:
         r = await client.get(f"{app.http_url}/ready")
         assert r.status_code == 503
-        assert r.json() == {"status": "ConnectionFailed"}
+        assert r.json() == {
+            "status": "not_ready",
+            "reason": "ConnectionFailed: probe failed: engine is down",
+        }
         await clock.advance(4.0)
         assert (await client.get(f"{app.http_url}/ready")).status_code == 503  # cached
         await clock.advance(2.0)

@@ -6,7 +6,9 @@ Client → server (WebSocket):
 
 * binary frames: PCM16 little-endian, 16 kHz, mono, 20–500 ms each (100 ms recommended);
 * ``{"type": "start", "config": {"language", "interim_results", "punctuate",
-  "profanity_filter"}}`` once, before any audio;
+  "profanity_filter", "sample_rate", "channels", "encoding"}}`` once, before any audio; the
+  audio fields are optional (16 000, 1, ``pcm_s16le``): a server converts what it can and
+  refuses the rest with one ``AUDIO_FORMAT_ERROR`` and a close;
 * ``{"type": "end"}``: no more audio; the server sends the last finals and closes (1000);
 * ``{"type": "ping", "timestamp": <number>}``.
 
@@ -16,7 +18,8 @@ Server → client:
   "is_end_of_utterance", "words": [{"word", "start", "end", "confidence"}]}``;
   ``timestamp_ms``/``duration_ms`` place the text on the session's audio timeline (ms from
   the first sample); word ``start``/``end`` are seconds on the same timeline;
-* ``{"type": "pong", "timestamp", "server_time"}``;
+* ``{"type": "pong", "timestamp", "server_time"}``: ``timestamp`` echoes the ping's exactly
+  (an integer stays an integer) and is left out when the ping had none;
 * ``{"type": "error", "code", "message", "recoverable"}``.
 
 Error codes (UnaMentis' list, plus ``INVALID_MESSAGE`` for protocol misuse — non-JSON text, an
@@ -177,11 +180,18 @@ def error_for(code: ErrorCode | str, message: str) -> STTError:
 
 
 class ProtocolError(ValueError):
-    """A message that breaks the protocol; ``code`` is what to answer with."""
+    """A message that breaks the protocol; ``code`` is what to answer with, ``message_type``
+    the ``type`` of the JSON message that broke it (``None``: not known)."""
 
-    def __init__(self, message: str, code: ErrorCode = ErrorCode.INVALID_MESSAGE) -> None:
+    def __init__(
+        self,
+        message: str,
+        code: ErrorCode = ErrorCode.INVALID_MESSAGE,
+        message_type: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
+        self.message_type = message_type
 
 
 # -- client messages -------------------------------------------------------------------------
@@ -193,6 +203,9 @@ class StreamConfig:
     interim_results: bool = True
     punctuate: bool = True
     profanity_filter: bool = False
+    sample_rate: int = SAMPLE_RATE
+    channels: int = 1
+    encoding: str = "pcm_s16le"
 
 
 @attrs.frozen
@@ -208,7 +221,7 @@ class End:
 
 @attrs.frozen
 class Ping:
-    timestamp: float | None = None
+    timestamp: int | float | None = None
     type: Literal["ping"] = "ping"
 
 
@@ -269,7 +282,7 @@ class Transcript:
 
 @attrs.frozen
 class Pong:
-    timestamp: float | None
+    timestamp: int | float | None
     server_time: float
     type: Literal["pong"] = "pong"
 
@@ -315,7 +328,9 @@ def serialize(message: ClientMessage | ServerMessage) -> str | bytes:
             ],
         }
     elif isinstance(message, Pong):
-        body = {"type": "pong", "timestamp": message.timestamp, "server_time": message.server_time}
+        body = {"type": "pong", "server_time": message.server_time}
+        if message.timestamp is not None:
+            body["timestamp"] = message.timestamp
     else:
         body = {
             "type": "error",
@@ -339,13 +354,27 @@ def _load(text: str | bytes) -> dict[str, Any]:
     return obj
 
 
-def _num(obj: dict[str, Any], key: str) -> float | None:
+def _num(obj: dict[str, Any], key: str) -> int | float | None:
+    """A number field as sent (an integer stays an integer), ``None`` when absent."""
     value = obj.get(key)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ProtocolError(f'"{key}" must be a number, got {value!r}')
-    return float(value)
+    return value
+
+
+ENCODINGS: Final = ("pcm_s16le", "pcm_f32le")
+
+
+def _int(config: dict[str, Any], key: str, default: int, lo: int, hi: int) -> int:
+    value = config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ProtocolError(
+            f'config "{key}" must be an integer in {lo}..{hi}, got {value!r}',
+            ErrorCode.AUDIO_FORMAT_ERROR,
+        )
+    return value
 
 
 def _flag(config: dict[str, Any], key: str, default: bool) -> bool:
@@ -376,25 +405,46 @@ def parse_client(data: str | bytes, *, binary: bool | None = None) -> ClientMess
     obj = _load(data)
     kind = obj["type"]
     if kind == "start":
-        config = obj.get("config") or {}
-        if not isinstance(config, dict):
-            raise ProtocolError('"config" must be an object')
-        language = config.get("language")
-        if language is not None and not isinstance(language, str):
-            raise ProtocolError(f'config "language" must be a string, got {language!r}')
-        return Start(
-            StreamConfig(
-                language=language or None,
-                interim_results=_flag(config, "interim_results", True),
-                punctuate=_flag(config, "punctuate", True),
-                profanity_filter=_flag(config, "profanity_filter", False),
-            )
-        )
+        try:
+            return _start(obj)
+        except ProtocolError as exc:
+            exc.message_type = "start"
+            raise
     if kind == "end":
         return End()
     if kind == "ping":
         return Ping(_num(obj, "timestamp"))
     raise ProtocolError(f"unknown message type {kind!r}; use start, end or ping")
+
+
+def _start(obj: dict[str, Any]) -> Start:
+    config = obj.get("config") or {}
+    if not isinstance(config, dict):
+        raise ProtocolError('"config" must be an object')
+    language = config.get("language")
+    if language is not None and not isinstance(language, str):
+        raise ProtocolError(f'config "language" must be a string, got {language!r}')
+    encoding = str(config.get("encoding", "pcm_s16le")).lower()
+    encoding = {"linear16": "pcm_s16le", "pcm16": "pcm_s16le", "f32le": "pcm_f32le"}.get(
+        encoding, encoding
+    )
+    if encoding not in ENCODINGS:
+        raise ProtocolError(
+            f'config "encoding" {config.get("encoding")!r} is not supported; use '
+            + " or ".join(ENCODINGS),
+            ErrorCode.AUDIO_FORMAT_ERROR,
+        )
+    return Start(
+        StreamConfig(
+            language=language or None,
+            interim_results=_flag(config, "interim_results", True),
+            punctuate=_flag(config, "punctuate", True),
+            profanity_filter=_flag(config, "profanity_filter", False),
+            sample_rate=_int(config, "sample_rate", SAMPLE_RATE, 8_000, 192_000),
+            channels=_int(config, "channels", 1, 1, 8),
+            encoding=encoding,
+        )
+    )
 
 
 def parse_server(data: str | bytes) -> ServerMessage:
@@ -436,7 +486,7 @@ def parse_server(data: str | bytes) -> ServerMessage:
             words=parsed,
         )
     if kind == "pong":
-        return Pong(_num(obj, "timestamp"), _num(obj, "server_time") or 0.0)
+        return Pong(_num(obj, "timestamp"), float(_num(obj, "server_time") or 0.0))
     if kind == "error":
         raw = str(obj.get("code") or ErrorCode.INTERNAL_ERROR)
         code: ErrorCode | str = ErrorCode(raw) if raw in ErrorCode.__members__ else raw

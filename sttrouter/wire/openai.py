@@ -148,6 +148,9 @@ def _params(header: str) -> dict[str, str]:
 def parse_multipart(content_type: str, body: bytes) -> tuple[dict[str, str], dict[str, FormFile]]:
     """Split a ``multipart/form-data`` body into text fields and files.
 
+    A list field sent several times (``timestamp_granularities[]``) keeps every value,
+    joined by commas.
+
     Raises:
         MultipartError: not multipart, no boundary, or a malformed part.
     """
@@ -192,9 +195,12 @@ def parse_multipart(content_type: str, body: bytes) -> tuple[dict[str, str], dic
             )
         else:
             try:
-                fields[name] = data.decode("utf-8")
+                value = data.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise MultipartError(f"form field {name!r} is not UTF-8") from exc
+            if name.endswith("[]") and name in fields:  # a list field: values joined by ","
+                value = f"{fields[name]},{value}"
+            fields[name] = value
     if not closed:
         raise MultipartError("multipart body is truncated (no closing boundary)")
     return fields, files
@@ -218,6 +224,7 @@ class TranscriptionRequest:
         max_completion_tokens: token budget (vLLM's name).
         repetition_penalty: > 1 discourages loops (vLLM).
         prompt: context text (Z.AI uses it; vLLM's GLM-ASR ignores it).
+        timestamp_granularities: ``word`` and/or ``segment`` (with ``verbose_json``).
         extra: any other fields, passed through.
     """
 
@@ -229,6 +236,7 @@ class TranscriptionRequest:
     max_completion_tokens: int | None = None
     repetition_penalty: float | None = None
     prompt: str | None = None
+    timestamp_granularities: tuple[str, ...] = ()
     extra: Mapping[str, str] = attrs.field(factory=dict)
 
     def to_fields(self) -> dict[str, str]:
@@ -248,6 +256,8 @@ class TranscriptionRequest:
             fields["repetition_penalty"] = repr(self.repetition_penalty)
         if self.prompt:
             fields["prompt"] = self.prompt
+        if self.timestamp_granularities:
+            fields["timestamp_granularities[]"] = ",".join(self.timestamp_granularities)
         fields.update(self.extra)
         return fields
 
@@ -267,7 +277,12 @@ class TranscriptionRequest:
             "max_completion_tokens",
             "repetition_penalty",
             "prompt",
+            "timestamp_granularities[]",
+            "timestamp_granularities",
         }
+        granularities = fields.get("timestamp_granularities[]") or fields.get(
+            "timestamp_granularities", ""
+        )
 
         def num(name: str) -> float | None:
             raw = fields.get(name)
@@ -291,6 +306,7 @@ class TranscriptionRequest:
             max_completion_tokens=int(tokens) if tokens is not None else None,
             repetition_penalty=num("repetition_penalty"),
             prompt=fields.get("prompt") or None,
+            timestamp_granularities=tuple(g.strip() for g in granularities.split(",") if g.strip()),
             extra={k: v for k, v in fields.items() if k not in known},
         )
 
@@ -533,15 +549,16 @@ def error_body(
     message: str,
     *,
     type: str = "BadRequestError",
-    code: int | str = 400,
+    code: int | str | None = 400,
+    param: str | None = None,
     shape: Literal["openai", "object", "zai"] = "openai",
 ) -> dict[str, Any]:
-    """An error answer: ``openai`` (newer vLLM), ``object`` (older vLLM) or ``zai``."""
+    """An error answer: ``openai`` (OpenAI, newer vLLM), ``object`` (older vLLM) or ``zai``."""
     if shape == "object":
-        return {"object": "error", "message": message, "type": type, "param": None, "code": code}
+        return {"object": "error", "message": message, "type": type, "param": param, "code": code}
     if shape == "zai":
         return {"error": {"code": str(code), "message": message}}
-    return {"error": {"message": message, "type": type, "param": None, "code": code}}
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
 def iter_text(events: Iterator[StreamEvent]) -> str:
