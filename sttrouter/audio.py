@@ -344,9 +344,14 @@ def read_audio(path: str | Path) -> tuple[bytes, AudioFormat]:
         MissingDependency: a non-WAV file and soundfile is not installed.
     """
     p = Path(path)
+    if p.is_dir():
+        raise AudioFormatError(f"{str(p)!r} is a directory, not an audio file")
     if not p.is_file():
         raise AudioFormatError(f"audio file {str(p)!r} does not exist; check the path")
-    raw = p.read_bytes()
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise AudioFormatError(f"cannot read audio file {str(p)!r}: {exc.strerror}") from exc
     if not raw:
         raise AudioFormatError(f"audio file {str(p)!r} is empty; record or export it again")
     if raw[:4] == b"RIFF" and raw[8:12] == b"WAVE":
@@ -379,8 +384,10 @@ def _read_soundfile(raw: bytes, path: Path) -> tuple[bytes, AudioFormat]:
     try:
         data, rate = soundfile.read(io.BytesIO(raw), dtype="float32", always_2d=True)
     except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError, TypeError
+        # LibsndfileError's str() names the in-memory buffer; its error_string does not
+        why = getattr(exc, "error_string", None) or str(exc)
         raise AudioFormatError(
-            f"cannot read audio file {str(path)!r} ({exc}); use WAV, FLAC, OGG or MP3"
+            f"cannot read audio file {str(path)!r} ({why}); use WAV, FLAC, OGG or MP3"
         ) from exc
     fmt = AudioFormat(int(rate), int(data.shape[1]), Encoding.PCM_F32LE)
     return np.ascontiguousarray(data, dtype="<f4").tobytes(), fmt

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
+import io
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +14,8 @@ import pytest
 
 from sttrouter import __version__
 from sttrouter.cli import main
-from sttrouter.cli.transcribe import OFFLINE_NOTE, choose_endpoint
+from sttrouter.cli import transcribe as transcribe_cli
+from sttrouter.cli.transcribe import OFFLINE_NOTE, pinned_endpoint
 from sttrouter.errors import ConfigError
 
 AUDIO = Path(__file__).parent.parent / "examples" / "audio"
@@ -84,29 +88,127 @@ def test_partials_stream_interims_to_stderr(capsys: pytest.CaptureFixture[str]) 
     assert kinds.count(False) == len(lines) - 1  # every interim, as printed
 
 
-def test_config_uses_the_first_endpoint_with_its_key_set(
+def test_config_routes_past_endpoints_without_their_key(
     registry: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["transcribe", WATER, "--config", registry, "--json"]) == 0
     out, err = capsys.readouterr()
-    assert json.loads(out)["endpoint"] == "ps"
+    doc = json.loads(out)
+    assert doc["endpoint"] == "ps"
+    assert doc["text"] == WATER_TEXT
+    assert [e["kind"] for e in doc["route_events"]] == ["selected"]
     assert err == ""
 
 
-def test_choose_endpoint(registry: str, tmp_path: Path) -> None:
-    endpoint, note = choose_endpoint(None, None)
-    assert (endpoint.id, note) == ("offline", OFFLINE_NOTE)
-    assert choose_endpoint(registry, "cloud")[0].id == "cloud"
-    assert choose_endpoint(registry, "offline") == (choose_endpoint(None, "offline")[0], None)
-    assert choose_endpoint(None, "deepgram")[0].provider == "deepgram"  # the built-in registry
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_config_fails_over_to_the_next_endpoint_with_events_on_stderr(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the first endpoint refuses connections: the session moves to the offline engine
+    monkeypatch.setenv("STTROUTER_TEST_KEY", "k")
+    path = tmp_path / "endpoints.toml"
+    path.write_text(
+        REGISTRY.replace("STTROUTER_TEST_UNSET_KEY", "STTROUTER_TEST_KEY").replace(
+            'api_key_env = "STTROUTER_TEST_KEY"',
+            f'api_key_env = "STTROUTER_TEST_KEY"\nbase_url = "ws://127.0.0.1:{_closed_port()}"',
+        )
+    )
+    assert main(["transcribe", WATER, "--config", str(path), "-v", "--json", "-"]) == 0
+    out, err = capsys.readouterr()
+    doc = json.loads(out)
+    assert doc["text"] == WATER_TEXT
+    assert doc["endpoint"] == "ps"
+    kinds = [(e["kind"], e["endpoint_id"]) for e in doc["route_events"]]
+    assert ("failed", "cloud") in kinds
+    assert kinds[-1] == ("selected", "ps") or ("failover", "ps") in kinds
+    assert "route: failed cloud" in err
+
+
+def test_several_files_and_json_to_a_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fox = str(AUDIO / "fox_16k.wav")
+    out_file = tmp_path / "out.json"
+    assert main(["transcribe", WATER, fox, "--json", str(out_file)]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith(f"==> {WATER} <==\n{WATER_TEXT}\n==> {fox} <==\n")
+    assert f"wrote {out_file}" in err
+    docs = json.loads(out_file.read_text())
+    assert [d["file"] for d in docs] == [WATER, fox]
+    assert docs[0]["text"] == WATER_TEXT
+
+
+def test_json_dash_prints_to_stdout_and_writes_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["transcribe", WATER, "--json", "-"]) == 0
+    assert json.loads(capsys.readouterr().out)["text"] == WATER_TEXT
+    assert not (tmp_path / "-").exists()
+
+
+def test_language_is_routed_and_passed_to_the_engine(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["transcribe", WATER, "--language", "en", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["text"] == WATER_TEXT
+    # no engine for Mandarin: the error says why, before any audio is sent
+    assert main(["transcribe", WATER, "--language", "zh"]) == 1
+    err = capsys.readouterr().err
+    assert "no endpoint can serve language 'zh'" in err
+    assert "offline: does not transcribe 'zh'" in err
+
+
+def test_one_failed_file_fails_the_run_but_not_the_others(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = str(tmp_path / "missing.wav")
+    assert main(["transcribe", missing, WATER]) == 1
+    out, err = capsys.readouterr()
+    assert WATER_TEXT in out
+    assert "does not exist" in err
+    assert err.rstrip().endswith("sttrouter: transcribe: 1 of 2 file(s) failed")
+
+
+def test_pinned_endpoint(registry: str) -> None:
+    def pinned(config: str | None, endpoint: str | None) -> str | None:
+        args = argparse.Namespace(config=config, endpoint=endpoint, model_dir=None)
+        found = pinned_endpoint(args)
+        return None if found is None else found.id
+
+    assert pinned(None, None) is None
+    assert pinned(registry, None) is None  # routed
+    assert pinned(registry, "cloud") == "cloud"
+    assert pinned(registry, "offline") == "offline"  # built in, even where not listed
+    assert pinned(None, "deepgram") == "deepgram"  # the built-in registry
     with pytest.raises(ConfigError, match=r"no endpoint 'nope'; the registry has: cloud, ps"):
-        choose_endpoint(registry, "nope")
-    keyless = tmp_path / "keyless.toml"
-    keyless.write_text(REGISTRY.split('[[endpoint]]\nid = "ps"')[0])
-    endpoint, note = choose_endpoint(str(keyless), None)
-    assert endpoint.id == "offline"
-    assert note is not None
-    assert "no usable endpoint" in note
+        pinned(registry, "nope")
+    bad = argparse.Namespace(config=registry, endpoint=None, model_dir="/models")
+    with pytest.raises(ConfigError, match="--model-dir runs GLM-ASR in-process"):
+        pinned_endpoint(bad)
+
+
+def test_progress_bar_on_a_terminal_for_long_files(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(transcribe_cli, "LONG_FILE_SECONDS", 1.0)
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main(["transcribe", WATER, "--endpoint", "offline"]) == 0
+    assert capsys.readouterr().out == WATER_TEXT + "\n"
+    drawn = terminal.getvalue()
+    assert "water_16k.wav" in drawn
+    assert "s of audio" in drawn
+    assert "4/4 s of audio" in drawn  # the bar ends full (3.86 s shown rounded)
 
 
 def test_errors_exit_1_with_a_clear_message(
@@ -116,6 +218,14 @@ def test_errors_exit_1_with_a_clear_message(
     err = capsys.readouterr().err
     assert err.startswith("sttrouter: error: audio file")
     assert "does not exist; check the path" in err
+    assert main(["transcribe", str(tmp_path)]) == 1
+    assert f"{str(tmp_path)!r} is a directory, not an audio file" in capsys.readouterr().err
+    (tmp_path / "notes.wav").write_text("not audio at all")
+    assert main(["transcribe", str(tmp_path / "notes.wav")]) == 1
+    err = capsys.readouterr().err
+    assert "cannot read audio file" in err
+    assert "Format not recognised" in err
+    assert "BytesIO" not in err
     (tmp_path / "empty.wav").write_bytes(b"")
     assert main(["transcribe", str(tmp_path / "empty.wav")]) == 1
     assert "is empty" in capsys.readouterr().err
@@ -145,3 +255,11 @@ def test_python_m_sttrouter_version() -> None:
         timeout=60,
     )
     assert done.stdout.strip() == f"sttrouter {__version__}"
+
+
+@pytest.mark.skipif(not Path("/proc/self/mem").is_file(), reason="needs Linux /proc")
+def test_an_unreadable_file_names_the_reason(capsys: pytest.CaptureFixture[str]) -> None:
+    # a regular file whose read fails (works as root too, unlike chmod 000)
+    assert main(["transcribe", "/proc/self/mem"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot read audio file '/proc/self/mem': Input/output error" in err
