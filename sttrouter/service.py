@@ -294,10 +294,12 @@ class BaseSTTService:
         engine_format: what ``_send`` receives (default 16 kHz mono s16le).
         result_buffer: capacity of the result channel; a consumer that does not read makes
             the engine wait once it is full.
+        batch_chunk_seconds: chunk length when ``transcribe`` streams a clip.
     """
 
     engine_format: AudioFormat = ENGINE_FORMAT
     result_buffer: int = 1024
+    batch_chunk_seconds: float = 0.1
     supported_options: frozenset[str] = frozenset()
     """Stream options (names from :data:`sttrouter.options.OPTION_NAMES`) this engine honours;
     ``language`` is further checked against the endpoint's ``supported_languages``."""
@@ -440,8 +442,40 @@ class BaseSTTService:
     async def transcribe(
         self, audio: AudioInput, audio_format: AudioFormat | None = None
     ) -> Transcript:
+        """Transcribe a whole clip or file.
+
+        An engine with a batch call implements ``_transcribe``; this method records its
+        latency, audio, cost and errors and translates its exceptions, once for every engine.
+        An engine without one streams the clip through this service, finals only, and the
+        stream path records the same.
+        """
         data, fmt = load_input(audio, audio_format)
-        return await self._transcribe(data, fmt)
+        seconds = fmt.seconds(len(data))
+        started = self.clock.now()
+        try:
+            transcript = await self._transcribe(data, fmt)
+        except Exception as exc:
+            self._metrics.audio_sent(seconds, started)
+            self._metrics.error()
+            raise self._translate(exc) from exc
+        if transcript is None:
+            return await stream_transcribe(
+                self, data, fmt, chunk_seconds=self.batch_chunk_seconds, options=_BATCH_OPTIONS
+            )
+        self._metrics.audio_sent(seconds, started)
+        now = self.clock.now()
+        results = []
+        for r in transcript.results:
+            latency = r.latency if r.latency is not None else now - started
+            eid = r.endpoint_id or self.endpoint.id
+            r = attrs.evolve(r, latency=latency, timestamp=r.timestamp or now, endpoint_id=eid)
+            self._metrics.result_received(
+                latency=latency, is_final=r.is_final, words=_word_count(r), now=now
+            )
+            results.append(r)
+        return Transcript.from_results(
+            results, duration=transcript.duration, language=transcript.language
+        )
 
     @asynccontextmanager
     async def stream(self, audio_format: AudioFormat = ENGINE_FORMAT) -> AsyncIterator[AudioStream]:
@@ -476,9 +510,15 @@ class BaseSTTService:
         """Ask the engine to finalise the audio sent so far (default: nothing to do, for
         engines that finalise every chunk on their own)."""
 
-    async def _transcribe(self, data: bytes, fmt: AudioFormat) -> Transcript:
-        """Batch transcription; the default streams the clip through this service."""
-        return await stream_transcribe(self, data, fmt)
+    async def _transcribe(self, data: bytes, fmt: AudioFormat) -> Transcript | None:
+        """The engine's batch call: ``data`` (in ``fmt``) in, a :class:`Transcript` out.
+
+        Put every final the engine produced in it, empty ones too (each is counted, then
+        ``transcribe`` keeps those with text); a result's ``latency`` defaults to the whole
+        call's. Return ``None`` (the default) to have the clip streamed through this service
+        instead. Raise what the engine raises: ``transcribe`` records and translates it.
+        """
+        return None
 
     def _translate(self, exc: Exception) -> STTError:
         """Map a foreign exception to the most specific :class:`STTError` (adapters extend)."""
@@ -587,6 +627,7 @@ class BaseSTTService:
 
 
 _DEFAULT_OPTIONS = StreamOptions()
+_BATCH_OPTIONS = StreamOptions(interim_results=False)  # a transcript keeps finals only
 
 
 def _nbytes(chunk: AudioChunk, fmt: AudioFormat) -> int:
@@ -607,11 +648,12 @@ async def stream_transcribe(
     *,
     chunk_seconds: float = 0.1,
     on_result: Callable[[STTResult], None] | None = None,
+    options: StreamOptions | None = None,
 ) -> Transcript:
     """Transcribe a clip by streaming it through ``service`` as fast as it accepts audio."""
     collected: list[STTResult] = []
     failure: BaseException | None = None
-    results = await service.start_streaming(fmt)
+    results = await service.start_streaming(fmt, options)
 
     async def collect() -> None:
         nonlocal failure

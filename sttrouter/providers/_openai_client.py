@@ -102,6 +102,7 @@ class OpenAITranscriptionClient:
         model: served model name (vLLM/SGLang default to theirs; Z.AI: ``glm-asr-2512``).
         flavor: which server (error shapes, Z.AI's 30 s limit, which fields to send).
         language: ISO-639-1 hint.
+        prompt: context text sent as the request's ``prompt`` field.
         sse: ask for ``stream=true`` and parse the SSE chunks.
         upload_format: ``wav`` or ``flac`` (needs soundfile).
         timeout: seconds per request.
@@ -118,6 +119,7 @@ class OpenAITranscriptionClient:
         model: str | None = None,
         flavor: Flavor = "vllm",
         language: str | None = None,
+        prompt: str | None = None,
         sse: bool = False,
         upload_format: Literal["wav", "flac"] = "wav",
         timeout: float = 30.0,
@@ -135,6 +137,7 @@ class OpenAITranscriptionClient:
         self.model = model or ("glm-asr-2512" if flavor == "zai" else None)
         self.flavor: Flavor = flavor
         self.language = language
+        self.prompt = prompt
         self.sse = sse
         self.upload_format = upload_format
         self.tokens_per_second = tokens_per_second
@@ -220,6 +223,7 @@ class OpenAITranscriptionClient:
         req = wire.TranscriptionRequest(
             model=self.model,
             language=self.language,
+            prompt=self.prompt,
             response_format="json",
             stream=self.sse,
             temperature=0.0 if tuned else None,

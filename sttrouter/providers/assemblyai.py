@@ -19,6 +19,12 @@ formatted (or any end-of-turn ``Turn`` when ``format_turns`` is off) is the fina
 ``is_end_of_utterance``; every other ``Turn`` is an interim. Word times arrive in integer
 milliseconds and become seconds. ``connect()`` never raises in this SDK: a failure arrives
 through the ``Error`` event, or as no ``Begin`` within ``begin_timeout``.
+
+Stream options (:class:`~sttrouter.options.StreamOptions`) override the endpoint's for one
+stream: ``keywords`` become ``keyterms_prompt``, ``punctuate`` sets ``format_turns`` and
+``language`` is sent as ``language_codes`` (its primary subtag: ``en-US`` → ``en``; the
+English-only model accepts English only). ``finalize()`` sends ``ForceEndpoint``, which ends
+the current turn with a final.
 """
 
 from __future__ import annotations
@@ -69,6 +75,7 @@ DEFAULT_COST_PER_HOUR: Decimal = assemblyai_endpoint().cost_per_hour
 """Universal streaming, US$ per hour of audio (UnaMentis' price table)."""
 
 VENDOR = "AssemblyAI"
+_MIN_CHUNK_BYTES = ENGINE_FORMAT.bytes_for(wire.MIN_CHUNK_MS / 1000)
 _PARAM_OPTIONS = (
     "speech_model",
     "end_of_turn_confidence_threshold",
@@ -117,10 +124,13 @@ class AssemblyAISTTService(BaseSTTService):
         clock: drives the Begin deadline, finish deadline and batch polling.
     """
 
+    supported_options = frozenset({"language", "keywords", "punctuate"})
+
     def __init__(self, endpoint: STTEndpoint, *, clock: Clock | None = None) -> None:
         super().__init__(endpoint, clock=clock)
         opts = endpoint.connection.options
         self.format_turns = as_bool("format_turns", opts.get("format_turns", True))
+        self._format_turns = self.format_turns
         chunk_ms = int(positive_number(opts, "chunk_ms", 100))
         if not wire.MIN_CHUNK_MS <= chunk_ms <= wire.MAX_CHUNK_MS:
             raise ConfigError(
@@ -193,8 +203,7 @@ class AssemblyAISTTService(BaseSTTService):
         params = streaming.StreamingParameters(
             sample_rate=ENGINE_FORMAT.sample_rate,
             encoding=streaming.Encoding.pcm_s16le,
-            format_turns=self.format_turns,
-            **self._params,
+            **self.stream_params(),
         )
         await client.connect(params)  # never raises: failures arrive through on_error
         try:
@@ -210,6 +219,20 @@ class AssemblyAISTTService(BaseSTTService):
         if error is not None:
             await self._close(terminate=False)
             raise error
+
+    def stream_params(self) -> dict[str, Any]:
+        """The v3 connection parameters of the current stream: the endpoint's options,
+        overridden by the stream's :class:`~sttrouter.options.StreamOptions`."""
+        asked = self.stream_options
+        params: dict[str, Any] = {**self._params, "format_turns": self.format_turns}
+        if asked.punctuate is not None:
+            params["format_turns"] = asked.punctuate
+        if asked.keywords:
+            params["keyterms_prompt"] = list(asked.keywords)
+        if asked.language is not None:
+            params["language_codes"] = [asked.language.split("-")[0].lower()]
+        self._format_turns = bool(params["format_turns"])
+        return params
 
     def _take_connect_error(self) -> STTError | None:
         error, self._connect_error = self._connect_error, None
@@ -257,6 +280,18 @@ class AssemblyAISTTService(BaseSTTService):
     async def _abort(self) -> None:
         await self._close(terminate=False)
 
+    async def _finalize(self) -> None:
+        """AssemblyAI's ``ForceEndpoint``: it ends the current turn with a final for the audio
+        so far. Audio still held for re-chunking goes out first when it makes a whole message
+        (under 50 ms it waits for the next turn rather than being padded with silence)."""
+        self._check_reader()
+        client = self._client
+        if client is None:
+            return
+        if self._rechunker.pending >= _MIN_CHUNK_BYTES:
+            await client.stream(self._rechunker.flush())
+        await client.force_endpoint()
+
     async def _close(self, *, terminate: bool) -> None:
         client, self._client = self._client, None
         if client is None:
@@ -278,7 +313,7 @@ class AssemblyAISTTService(BaseSTTService):
             turn = wire.parse_server_message(event.model_dump(mode="json"))
             if not isinstance(turn, wire.Turn):  # pragma: no cover - the SDK dispatched a Turn
                 return
-            result = turn_to_result(turn, format_turns=self.format_turns, after=self._last_end)
+            result = turn_to_result(turn, format_turns=self._format_turns, after=self._last_end)
             if result.is_final:
                 self._last_end = max(self._last_end, result.end)
             await self._emit(result)
@@ -325,24 +360,16 @@ class AssemblyAISTTService(BaseSTTService):
 
     async def _transcribe(self, data: bytes, fmt: AudioFormat) -> Transcript:
         duration = fmt.seconds(len(data))
-        self.metrics.audio_sent(duration, self.clock.now())
-        try:
-            async with self._rest_client() as client, fail_after(self.clock, self.batch_timeout):
-                http = client.http_client
-                url = await async_api.upload_file(http, to_wav(data, fmt))
-                request = aai.types.TranscriptRequest(
-                    audio_url=url, punctuate=True, format_text=True
-                )
-                resp = await async_api.create_transcript(http, request)
-                while resp.status not in ("completed", "error"):
-                    await self.clock.sleep(self.poll_interval)
-                    resp = await async_api.get_transcript(http, str(resp.id))
-        except Exception as exc:
-            self.metrics.error()
-            raise self._translate(exc) from exc
+        async with self._rest_client() as client, fail_after(self.clock, self.batch_timeout):
+            http = client.http_client
+            url = await async_api.upload_file(http, to_wav(data, fmt))
+            request = aai.types.TranscriptRequest(audio_url=url, punctuate=True, format_text=True)
+            resp = await async_api.create_transcript(http, request)
+            while resp.status not in ("completed", "error"):
+                await self.clock.sleep(self.poll_interval)
+                resp = await async_api.get_transcript(http, str(resp.id))
         t = wire.parse_transcript(resp.json())
         if t.status == wire.TranscriptStatus.ERROR:
-            self.metrics.error()
             raise self._batch_error(t.error or "unknown error")
         words = _ms_words(t.words)
         result = STTResult(
@@ -354,9 +381,8 @@ class AssemblyAISTTService(BaseSTTService):
             duration=(words[-1].end - words[0].start) if words else duration,
             words=words,
             language=t.language_code,
-            endpoint_id=self.endpoint.id,
         )
-        return Transcript.from_results([result], duration=duration)
+        return Transcript((result,), duration=duration)
 
     def _batch_error(self, text: str) -> STTError:
         eid = self.endpoint.id

@@ -12,6 +12,12 @@ Options (``endpoint.connection.options``): ``model`` (default ``nova-3``), ``lan
 ``finish_timeout`` (10), ``request_timeout`` (60), ``probe_path`` (a health route for
 self-hosted Deepgram, which has no projects API).
 
+Stream options (:class:`~sttrouter.options.StreamOptions` given to ``start_streaming``)
+override the endpoint's for one stream: ``language``, ``punctuate``, ``interim_results``
+(the ``interim_results`` query parameter) and ``keywords`` (one ``keyterm`` parameter each,
+Nova-3's keyterm prompting). ``finalize()`` sends ``Finalize``; Deepgram answers with a final
+(``from_finalize``) for the audio it holds.
+
 Mapping to :class:`~sttrouter.results.STTResult`:
 
 * ``Results``: ``is_final`` → ``is_final``, ``speech_final`` → ``is_end_of_utterance``,
@@ -34,6 +40,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
+import attrs
 import httpx
 
 from sttrouter._builtin_endpoints import deepgram_endpoint
@@ -120,6 +127,8 @@ class DeepgramSTTService(BaseSTTService):
         clock: drives KeepAlive and deadlines (tests pass a ``FakeClock``).
     """
 
+    supported_options = frozenset({"language", "keywords", "punctuate"})
+
     def __init__(self, endpoint: STTEndpoint, *, clock: Clock | None = None) -> None:
         super().__init__(endpoint, clock=clock)
         opts = endpoint.connection.options
@@ -136,6 +145,7 @@ class DeepgramSTTService(BaseSTTService):
         self._done = asyncio.Event()
         self._last_activity = 0.0
         self._utterance_open = False
+        self._stream_listen = self.listen_options
         self.request_id: str | None = None
         """The ``request_id`` of the last stream's ``Metadata``."""
 
@@ -160,9 +170,28 @@ class DeepgramSTTService(BaseSTTService):
         return AsyncDeepgramClient(**kwargs)
 
     # -- streaming hooks -----------------------------------------------------------------
+    def stream_listen_options(self) -> tuple[wire.ListenOptions, dict[str, Any]]:
+        """The listen options of the current stream (the endpoint's, overridden by the
+        stream's :class:`~sttrouter.options.StreamOptions`) and the SDK's keyword arguments."""
+        asked = self.stream_options
+        opts = self.listen_options
+        changes: dict[str, Any] = {}
+        if asked.language is not None:
+            changes["language"] = asked.language
+        if asked.punctuate is not None:
+            changes["punctuate"] = asked.punctuate
+        if not asked.interim_results:
+            changes["interim_results"] = False
+        opts = attrs.evolve(opts, **changes)
+        kwargs = opts.sdk_kwargs()
+        if asked.keywords:
+            kwargs["keyterm"] = list(asked.keywords)
+        return opts, kwargs
+
     async def _open(self) -> None:
         client = self._client()
-        cm = client.listen.v1.connect(**self.listen_options.sdk_kwargs())
+        self._stream_listen, kwargs = self.stream_listen_options()
+        cm = client.listen.v1.connect(**kwargs)
         try:
             async with fail_after(self.clock, self.connect_timeout):
                 conn = await cm.__aenter__()
@@ -204,6 +233,12 @@ class DeepgramSTTService(BaseSTTService):
     async def _abort(self) -> None:
         self._closing = self._aborted = True
         await self._close()
+
+    async def _finalize(self) -> None:
+        """Deepgram's ``Finalize``: it answers with a final (``from_finalize``) for the audio
+        it holds, or nothing when it holds none."""
+        if self._conn is not None and not self._closing:
+            await self._conn.send_finalize()
 
     async def _close(self) -> None:
         cm, self._cm, self._conn = self._cm, None, None
@@ -253,7 +288,7 @@ class DeepgramSTTService(BaseSTTService):
         if isinstance(parsed, wire.Results):
             if not parsed.is_final and not parsed.transcript:
                 return
-            result = to_stt_result(parsed, self.listen_options.language)
+            result = to_stt_result(parsed, self._stream_listen.language)
             if result.is_final:
                 self._utterance_open = not result.is_end_of_utterance and bool(result.transcript)
             await self._emit(result)
@@ -294,18 +329,13 @@ class DeepgramSTTService(BaseSTTService):
         for name in ("language", "punctuate", "smart_format"):
             if getattr(opts, name) is not None:
                 kwargs[name] = getattr(opts, name)
-        self.metrics.audio_sent(fmt.seconds(len(data)), self.clock.now())
-        try:
-            async with (
-                httpx.AsyncClient(timeout=self.request_timeout) as http,
-                fail_after(self.clock, self.request_timeout),
-            ):
-                response = await self._client(http).listen.v1.media.transcribe_file(
-                    request=to_wav(data, fmt), **kwargs
-                )
-        except Exception as exc:
-            self.metrics.error()
-            raise self._translate(exc) from exc
+        async with (
+            httpx.AsyncClient(timeout=self.request_timeout) as http,
+            fail_after(self.clock, self.request_timeout),
+        ):
+            response = await self._client(http).listen.v1.media.transcribe_file(
+                request=to_wav(data, fmt), **kwargs
+            )
         parsed = wire.parse_prerecorded(response.dict())
         words = tuple(WordTimestamp(w.text, w.start, w.end, w.confidence) for w in parsed.words)
         duration = fmt.seconds(len(data))
@@ -318,9 +348,8 @@ class DeepgramSTTService(BaseSTTService):
             duration=(words[-1].end - words[0].start) if words else duration,
             words=words,
             language=opts.language,
-            endpoint_id=self.endpoint.id,
         )
-        return Transcript.from_results([result], duration=duration)
+        return Transcript((result,), duration=duration)
 
     async def probe(self) -> None:
         """Check reachability and the key without billing anything.

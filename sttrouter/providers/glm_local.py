@@ -31,12 +31,17 @@ Endpoint options (``connection.options``, or keyword arguments to the constructo
 ``vad``                a table of :class:`~sttrouter.providers.vad.VADConfig` fields
 =====================  ========================================================================
 
+Stream options: ``prompt`` replaces the user prompt for one stream (the processor takes a
+prompt; it has no language field, so ``language`` and ``keywords`` are refused).
+``finalize()`` cuts the current segment.
+
 One copy of the weights per process: every service on the same (model, device, dtype)
 shares it, and decodes on it run one at a time.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import sys
 import threading
@@ -73,6 +78,7 @@ from sttrouter.providers._glm_model import (
 )
 from sttrouter.providers.segmenter import (
     LOW_CONFIDENCE,
+    EngineLike,
     SegmentedSTTService,
     SegmentResult,
     quietest_cut,
@@ -262,8 +268,11 @@ class GLMLocalEngine:
         precision = select_precision(device, s.precision, cuda_bf16=cuda_bf16, endpoint=eid)
         return load_model(model_dir, device, precision)
 
-    async def decode(self, samples: np.ndarray[Any, np.dtype[np.float32]]) -> Decoded:
-        """Decode ≤ 30 s of 16 kHz mono float audio in a worker thread."""
+    async def decode(
+        self, samples: np.ndarray[Any, np.dtype[np.float32]], *, prompt: str | None = None
+    ) -> Decoded:
+        """Decode ≤ 30 s of 16 kHz mono float audio in a worker thread (``prompt``, when
+        given, replaces the endpoint's)."""
         loaded = await self.load()
         budget = token_budget(
             len(samples) / loaded.sample_rate, tokens_per_second=self.settings.tokens_per_second
@@ -274,7 +283,7 @@ class GLMLocalEngine:
                 lambda: loaded.decode(
                     samples,
                     max_new_tokens=budget,
-                    prompt=self.settings.prompt,
+                    prompt=prompt or self.settings.prompt,
                     cancelled=cancelled.is_set,
                 ),
                 abandon_on_cancel=True,
@@ -287,13 +296,15 @@ class GLMLocalEngine:
         self.last_decoded = decoded
         return decoded
 
-    async def transcribe_segment(self, pcm: bytes, sample_rate: int) -> SegmentResult:
+    async def transcribe_segment(
+        self, pcm: bytes, sample_rate: int, *, prompt: str | None = None
+    ) -> SegmentResult:
         """The segmenter's hook: one utterance of mono s16le audio → its text."""
         if sample_rate != ENGINE_FORMAT.sample_rate:
             raise ConfigError(
                 f"GLM-ASR takes 16000 Hz audio, got {sample_rate} Hz", endpoint=self.endpoint_id
             )
-        decoded = await self.decode(_floats(pcm))
+        decoded = await self.decode(_floats(pcm), prompt=prompt)
         return SegmentResult(text=decoded.text, low_confidence=decoded.loop_cut)
 
 
@@ -311,6 +322,7 @@ class GLMLocalSTTService(SegmentedSTTService):
     """
 
     engine: GLMLocalEngine
+    supported_options = frozenset({"prompt"})
 
     def __init__(self, endpoint: STTEndpoint, *, clock: Clock | None = None, **options: Any):
         _check_installed()
@@ -329,6 +341,12 @@ class GLMLocalSTTService(SegmentedSTTService):
         await self.engine.load()  # load errors surface at start_streaming, not mid-stream
         await super()._open()
 
+    def _stream_engine(self) -> EngineLike:
+        prompt = self.stream_options.prompt
+        if prompt is None:
+            return self.engine
+        return functools.partial(self.engine.transcribe_segment, prompt=prompt)
+
     def _translate(self, exc: Exception) -> STTError:
         if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
             return StreamingFailed(
@@ -339,24 +357,15 @@ class GLMLocalSTTService(SegmentedSTTService):
 
     async def _transcribe(self, data: bytes, fmt: AudioFormat) -> Transcript:
         """Batch: ≤ 30 s windows cut at their quietest point, decoded in order, joined."""
-        try:
-            await self.engine.load()
-        except Exception as exc:
-            raise self._translate(exc) from exc
+        await self.engine.load()
         converter = AudioConverter(fmt, ENGINE_FORMAT)
         pcm = converter.convert(data) + converter.flush()
         rate = ENGINE_FORMAT.sample_rate
         samples = _floats(pcm)
-        self.metrics.audio_sent(fmt.seconds(len(data)), self.clock.now())
         results: list[STTResult] = []
         for start, end in _windows(pcm, round(self.settings.max_segment_seconds * rate)):
             sent_at = self.clock.now()
-            try:
-                decoded = await self.engine.decode(samples[start:end])
-            except Exception as exc:
-                self.metrics.error()
-                raise self._translate(exc) from exc
-            now = self.clock.now()
+            decoded = await self.engine.decode(samples[start:end])
             result = STTResult(
                 transcript=decoded.text,
                 is_final=True,
@@ -364,18 +373,10 @@ class GLMLocalSTTService(SegmentedSTTService):
                 confidence=LOW_CONFIDENCE if decoded.loop_cut else None,
                 start=start / rate,
                 duration=(end - start) / rate,
-                latency=now - sent_at,
-                timestamp=now,
-                endpoint_id=self.endpoint.id,
-            )
-            self.metrics.result_received(
-                latency=result.latency,
-                is_final=True,
-                words=len(decoded.text.split()),
-                now=now,
+                latency=self.clock.now() - sent_at,  # each window's own decode time
             )
             results.append(result)
-        return Transcript.from_results(results, duration=len(samples) / rate)
+        return Transcript(tuple(results), duration=len(samples) / rate)
 
 
 def _floats(pcm: bytes) -> np.ndarray[Any, np.dtype[np.float32]]:

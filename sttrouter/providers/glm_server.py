@@ -26,6 +26,12 @@ Options (``connection.options``): ``mode``; ``model``; ``language``; ``flavor`` 
 fields); ``tokens_per_second``; ``repetition_penalty``; ``frame_seconds``;
 ``reconnect_attempts``; ``interim_results``. The API key, when any, comes from
 ``connection.api_key_env`` and is sent as ``Authorization: Bearer``.
+
+Stream options (:class:`~sttrouter.options.StreamOptions`): in ``openai`` mode ``language``
+(sent as its ISO-639-1 code), ``prompt`` and ``keywords`` (appended to the request's
+``prompt``; vLLM's GLM-ASR validates the language and ignores the prompt, Z.AI uses it);
+in ``gateway`` mode ``language``. ``finalize()`` cuts the current segment in ``openai``
+mode.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from sttrouter.audio import ENGINE_FORMAT, AudioConverter, AudioFormat
 from sttrouter.clock import Clock
 from sttrouter.endpoint import STTEndpoint
 from sttrouter.errors import ConfigError, STTError
+from sttrouter.options import StreamOptions
 from sttrouter.providers._gateway_client import (
     GatewaySettings,
     GatewayStream,
@@ -62,7 +69,7 @@ from sttrouter.results import STTResult, Transcript
 from sttrouter.service import BaseSTTService
 from sttrouter.wire import gateway as gw
 
-__all__ = ["GLMServerSTTService", "OpenAITranscriptionClient"]
+__all__ = ["GLMServerSTTService", "OpenAITranscriptionClient", "request_prompt"]
 
 
 def _number(
@@ -87,6 +94,27 @@ def _number(
             f"option {name!r} must be {span}, got {value:g}", endpoint=endpoint, field=name
         )
     return value
+
+
+_OPENAI_OPTIONS = frozenset({"language", "prompt", "keywords"})
+_GATEWAY_OPTIONS = frozenset({"language"})
+
+
+def _iso639_1(language: str | None) -> str | None:
+    """The primary subtag of a BCP-47 code (``en-US`` → ``en``), what the servers validate."""
+    return language.split("-")[0].lower() if language else None
+
+
+def request_prompt(options: StreamOptions) -> str | None:
+    """The OpenAI-compatible ``prompt`` for a stream: its prompt, then its keywords.
+
+    The field is context text (Whisper-style), so keywords are appended as a comma-separated
+    list, which is how such servers are told about words to expect.
+    """
+    parts = [options.prompt.strip()] if options.prompt and options.prompt.strip() else []
+    if options.keywords:
+        parts.append(", ".join(options.keywords))
+    return " ".join(parts) or None
 
 
 def _vad_config(options: Mapping[str, Any]) -> VADConfig:
@@ -163,20 +191,24 @@ class GLMServerSTTService(BaseSTTService):
         self.reconnect_attempts = int(_number(opts, "reconnect_attempts", 3, eid, low=0, high=20))
         self.timeout = _number(opts, "timeout", 30.0, eid, low=0.1)
         self._http_client = http_client
+        self.supported_options = _OPENAI_OPTIONS if self.mode == "openai" else _GATEWAY_OPTIONS
         self._segmenter: Segmenter | None = None
         self._runner: asyncio.Task[None] | None = None
         self._ws: GatewayStream | None = None
 
     # -- openai mode -------------------------------------------------------------------------
-    def _openai_client(self) -> OpenAITranscriptionClient:
-        """A fresh client (its own connection pool unless ``http_client`` was given)."""
+    def _openai_client(self, options: StreamOptions | None = None) -> OpenAITranscriptionClient:
+        """A fresh client (its own connection pool unless ``http_client`` was given), with
+        the language and prompt of ``options`` where they are set."""
         opts = self.endpoint.connection.options
+        options = options or StreamOptions()
         return OpenAITranscriptionClient(
             self.base_url,
             api_key=self.endpoint.connection.api_key(),
             model=opts.get("model"),
             flavor=self.flavor,
-            language=self.language,
+            language=_iso639_1(options.language) or self.language,
+            prompt=request_prompt(options),
             sse=bool(opts.get("sse", False)),
             upload_format=opts.get("upload_format", "wav"),
             timeout=self.timeout,
@@ -204,44 +236,34 @@ class GLMServerSTTService(BaseSTTService):
         if resp.status_code != 200:
             raise http_error(resp.status_code, resp.content, resp.headers)
 
-    async def _transcribe(self, data: bytes, fmt: AudioFormat) -> Transcript:
+    async def _transcribe(self, data: bytes, fmt: AudioFormat) -> Transcript | None:
+        """One request for a clip that fits one segment; longer clips (and gateway mode)
+        are streamed, so the segmenter cuts them into ≤ 30 s requests."""
         if self.mode != "openai":
-            return await super()._transcribe(data, fmt)
+            return None
         converter = AudioConverter(fmt, ENGINE_FORMAT)
         pcm = converter.convert(data) + converter.flush()
         seconds = ENGINE_FORMAT.seconds(len(pcm))
         if seconds > self.max_segment_seconds:
-            return await super()._transcribe(data, fmt)  # VAD-cut into ≤ 30 s requests
-        self._metrics.audio_sent(fmt.seconds(len(data)), self.clock.now())
-        started = self.clock.now()
+            return None
         client = self._openai_client()
         try:
             result = await client.transcribe_segment(pcm, ENGINE_FORMAT.sample_rate)
-        except Exception as exc:
-            self._metrics.error()
-            raise self._translate(exc) from exc
         finally:
             await client.aclose()
-        now = self.clock.now()
         final = STTResult(
             transcript=result.text,
             is_final=True,
             is_end_of_utterance=True,
             confidence=result.confidence,
             duration=seconds,
-            latency=now - started,
-            timestamp=now,
-            endpoint_id=self.endpoint.id,
         )
-        self._metrics.result_received(
-            latency=final.latency, is_final=True, words=len(result.text.split()), now=now
-        )
-        return Transcript.from_results([final], duration=fmt.seconds(len(data)))
+        return Transcript((final,), duration=fmt.seconds(len(data)))
 
     # -- hooks -------------------------------------------------------------------------------
     async def _open(self) -> None:
         if self.mode == "openai":
-            client = self._openai_client()
+            client = self._openai_client(self.stream_options)
             self._segmenter = Segmenter(
                 client,
                 self._emit,
@@ -257,8 +279,8 @@ class GLMServerSTTService(BaseSTTService):
             GatewaySettings(
                 url=self.base_url,
                 api_key=self.endpoint.connection.api_key,
-                language=self.language,
-                interim_results=self.interim_results,
+                language=self.stream_options.language or self.language,
+                interim_results=self.interim_results and self.stream_options.interim_results,
                 frame_seconds=self.frame_seconds,
                 reconnect_attempts=self.reconnect_attempts,
                 timeout=self.timeout,
@@ -291,6 +313,12 @@ class GLMServerSTTService(BaseSTTService):
         if self._segmenter is not None:
             self._segmenter.close()
             self._segmenter = None
+
+    async def _finalize(self) -> None:
+        """``openai`` mode cuts the current segment now; the gateway protocol has no such
+        message, so in ``gateway`` mode the final comes at the gateway's next endpoint."""
+        if self._segmenter is not None:
+            await self._segmenter.cut()
         if self._ws is not None:
             ws, self._ws = self._ws, None
             await ws.close()

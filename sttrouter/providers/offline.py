@@ -20,6 +20,11 @@ How a stream is decoded
 * An utterance longer than ``max_utterance_seconds`` is cut there (final with
   ``is_end_of_utterance = False``) and decoding goes on with the rest.
 * ``stop_streaming`` flushes the endpointer and finishes the last utterance.
+* ``finalize()`` finishes the current utterance at once (the final has
+  ``is_end_of_utterance = True``); the speech that follows starts a new one.
+* Stream options: ``language`` (English only; other languages are refused when the stream
+  starts); ``interim_results = False`` also turns the live pass off. ``transcribe()``
+  streams the clip finals only, so it never runs the live pass.
 
 Decoding is CPU work: each stream has one worker task that runs the decoder in a thread
 (``anyio.to_thread``), so other streams and the event loop stay responsive; results keep
@@ -57,7 +62,7 @@ import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from sttrouter._builtin_endpoints import offline_endpoint
-from sttrouter.audio import ENGINE_FORMAT, AudioFormat
+from sttrouter.audio import ENGINE_FORMAT
 from sttrouter.clock import Clock
 from sttrouter.endpoint import STTEndpoint
 from sttrouter.errors import (
@@ -67,8 +72,8 @@ from sttrouter.errors import (
     StreamingFailed,
     STTError,
 )
-from sttrouter.results import STTResult, Transcript, WordTimestamp
-from sttrouter.service import BaseSTTService, stream_transcribe
+from sttrouter.results import STTResult, WordTimestamp
+from sttrouter.service import BaseSTTService
 
 __all__ = ["OfflineOptions", "OfflineSTTService", "offline_endpoint"]
 
@@ -87,6 +92,8 @@ _QUEUE_CHUNKS: Final = 64
 _BATCH_BYTES: Final = ENGINE_FORMAT.bytes_for(0.3)
 """Audio decoded per worker-thread call when chunks queue up: small enough that interims of a
 backlog still arrive every 0.3 s of audio, large enough to amortise the thread hop."""
+_CUT: Final = b""
+"""The audio queue's ``finalize`` marker (audio messages are never empty)."""
 
 
 def _import_pocketsphinx() -> Any:
@@ -295,6 +302,14 @@ class Recognizer:
             self._final(self._received, out, end_of_utterance=True, tail=False)
         return out
 
+    def cut(self) -> list[STTResult]:
+        """End the current utterance now (``finalize``) with the audio received so far; the
+        speech that follows starts the next one. No utterance: nothing to return."""
+        out: list[STTResult] = []
+        if self._utt_start is not None:
+            self._final(self._received, out, end_of_utterance=True, tail=False)
+        return out
+
     def abandon(self) -> None:
         """Stop a live pass left open (so the decoder may be reused)."""
         if self._live:
@@ -454,6 +469,9 @@ class OfflineSTTService(BaseSTTService):
         ConfigError: an option is unknown or has a bad value.
     """
 
+    supported_options = frozenset({"language"})  # English only: the endpoint's languages
+    batch_chunk_seconds = 1.0  # transcribe() streams without the live pass, in 1 s chunks
+
     def __init__(
         self, endpoint: STTEndpoint | None = None, *, clock: Clock | None = None, **options: Any
     ) -> None:
@@ -463,7 +481,6 @@ class OfflineSTTService(BaseSTTService):
         merged = {**endpoint.connection.options, **options}
         self.options = OfflineOptions.from_mapping(merged, endpoint.id)
         self._key = self.options.decoder_config()
-        self._interims_next = self.options.interim_results
         self._audio: MemoryObjectSendStream[bytes] | None = None
         self._worker: asyncio.Task[None] | None = None
 
@@ -473,7 +490,8 @@ class OfflineSTTService(BaseSTTService):
         DECODERS.release(self._key, decoder, cmn)
 
     async def _open(self) -> None:
-        options = attrs.evolve(self.options, interim_results=self._interims_next)
+        live = self.options.interim_results and self.stream_options.interim_results
+        options = attrs.evolve(self.options, interim_results=live)
         decoder, cmn = await anyio.to_thread.run_sync(DECODERS.acquire, self._key)
         recognizer = Recognizer(decoder, cmn, options)
         send, receive = anyio.create_memory_object_stream[bytes](max_buffer_size=_QUEUE_CHUNKS)
@@ -497,13 +515,10 @@ class OfflineSTTService(BaseSTTService):
         if self._audio is not None:
             self._audio.close()
 
-    async def _transcribe(self, data: bytes, fmt: AudioFormat) -> Transcript:
-        """Stream the clip through the endpointer without the live pass (finals only)."""
-        self._interims_next = False
-        try:
-            return await stream_transcribe(self, data, fmt, chunk_seconds=1.0)
-        finally:
-            self._interims_next = self.options.interim_results
+    async def _finalize(self) -> None:
+        """Cut the current utterance: an empty message in the audio queue tells the worker
+        to finish it after the audio queued before it."""
+        await self._send(_CUT)
 
     def _translate(self, exc: Exception) -> STTError:
         if isinstance(exc, STTError):
@@ -524,17 +539,23 @@ class OfflineSTTService(BaseSTTService):
         try:
             with audio:
                 async for first in audio:
-                    batch, size = [first], len(first)
-                    while size < _BATCH_BYTES:
+                    batch, size, cut = [first], len(first), first == _CUT
+                    while size < _BATCH_BYTES and not cut:
                         try:
-                            batch.append(audio.receive_nowait())
+                            chunk = audio.receive_nowait()
                         except (anyio.WouldBlock, anyio.EndOfStream):
                             break
-                        size += len(batch[-1])
+                        cut = chunk == _CUT
+                        batch.append(chunk)
+                        size += len(chunk)
                     busy = True
                     results = await anyio.to_thread.run_sync(
                         recognizer.feed, b"".join(batch), abandon_on_cancel=True
                     )
+                    if cut:
+                        results += await anyio.to_thread.run_sync(
+                            recognizer.cut, abandon_on_cancel=True
+                        )
                     busy = False
                     for result in results:
                         await self._emit(result)

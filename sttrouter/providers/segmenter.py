@@ -26,6 +26,8 @@ How segments are cut
   seconds of audio have arrived, when a decode slot is free, and the text is emitted as an
   interim (``is_final = False``) if the segment is still open. Interims are driven by audio
   time, so they are deterministic in tests.
+* ``finalize()`` (:meth:`Segmenter.cut`) cuts the open segment at once; its final has
+  ``is_end_of_utterance = True`` and the speech that follows starts the next segment.
 * A result the engine marks ``low_confidence`` (a repetition loop it could not fix) gets its
   confidence capped at :data:`LOW_CONFIDENCE`.
 """
@@ -256,6 +258,14 @@ class Segmenter:
             await self._cut(self._seg_start, self._pos, end_of_utterance=True)
         await self._queue.put(None)
 
+    async def cut(self) -> None:
+        """Cut the open segment here (``finalize``): its final comes as soon as it is
+        decoded, and the speech that follows is a new segment. Nothing open: nothing to do."""
+        if self._finished or self._seg_start is None or self._pos <= self._seg_start:
+            return
+        await self._cut(self._seg_start, self._pos, end_of_utterance=True)
+        self._seg_start = self._last_interim = self._pos
+
     def close(self) -> None:
         """Abort: cancel every decode in flight."""
         self._closed = True
@@ -410,9 +420,13 @@ class SegmentedSTTService(BaseSTTService):
         _segment_fn(engine)
         _check_settings(max_segment_seconds, max_concurrency, 1, interim_interval)
 
+    def _stream_engine(self) -> EngineLike:
+        """The batch engine of the current stream (adapters bind stream options here)."""
+        return self.engine
+
     def _new_segmenter(self) -> Segmenter:
         return Segmenter(
-            self.engine,
+            self._stream_engine(),
             self._emit,
             vad=self.vad_config,
             max_segment_seconds=self.max_segment_seconds,
@@ -437,3 +451,7 @@ class SegmentedSTTService(BaseSTTService):
     async def _abort(self) -> None:
         if self._segmenter is not None:
             self._segmenter.close()
+
+    async def _finalize(self) -> None:
+        if self._segmenter is not None:
+            await self._segmenter.cut()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import itertools
 import math
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
@@ -10,7 +11,14 @@ from decimal import Decimal
 import anyio
 
 from sttrouter.audio import ENGINE_FORMAT, AudioFormat
-from sttrouter.errors import AlreadyStreaming, AudioFormatError, NotStreaming, STTError
+from sttrouter.errors import (
+    AlreadyStreaming,
+    AudioFormatError,
+    NotStreaming,
+    STTError,
+    UnsupportedOption,
+)
+from sttrouter.options import OPTION_NAMES, StreamOptions
 from sttrouter.results import STTResult
 from sttrouter.service import STTService, iter_chunks
 
@@ -65,6 +73,85 @@ async def _run_stream(
     return collected, last
 
 
+_SAMPLE_OPTIONS: dict[str, StreamOptions] = {
+    "language": StreamOptions(language="en"),
+    "keywords": StreamOptions(keywords=("sttrouter",)),
+    "prompt": StreamOptions(prompt="A conversation."),
+    "punctuate": StreamOptions(punctuate=True),
+}
+
+
+async def _check_unsupported_option(service: STTService, fmt: AudioFormat) -> None:
+    """An option the service does not list is refused at start, and nothing is left open."""
+    supported: frozenset[str] = getattr(service, "supported_options", frozenset())
+    refused = sorted(OPTION_NAMES - supported)
+    if not refused:
+        return
+    options = _SAMPLE_OPTIONS[refused[0]]
+    await _expect(
+        UnsupportedOption,
+        f"start_streaming with the unsupported option {refused[0]!r}",
+        lambda: service.start_streaming(fmt, options),
+    )
+    _check(not service.is_streaming, "a refused start_streaming must leave the service idle")
+
+
+def _finalize_point(finals: list[STTResult]) -> float | None:
+    """Seconds into the clip where speech is going on: past the first word of the first final
+    with text (its middle when it has no words); ``None`` without such a final."""
+    first = next((r for r in finals if r.transcript.strip()), None)
+    if first is None:
+        return None
+    middle = first.start + first.duration / 2
+    return max(middle, first.words[0].end) if first.words else middle
+
+
+async def _check_finalize(
+    service: STTService, fmt: AudioFormat, chunks: list[bytes], cut: float | None
+) -> None:
+    """``finalize()``: a no-op without a stream and before any audio; after speech, a final
+    comes without more audio, and the stream goes on to a normal stop."""
+    await service.finalize()  # no stream: nothing to do
+    _check(not service.is_streaming, "finalize() without a stream must not start one")
+    results = await service.start_streaming(fmt)
+    got_text = anyio.Event()
+    collected: list[STTResult] = []
+
+    async def consume() -> None:
+        async for r in results:
+            collected.append(r)
+            if r.is_final and r.transcript.strip():
+                got_text.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(consume)
+        await service.finalize()  # nothing sent yet: nothing to finalise
+        sent = 0
+        if cut is not None:
+            for chunk in chunks:
+                await service.send_audio(chunk)
+                sent += 1
+                if fmt.seconds(sent * len(chunks[0])) > cut:
+                    break
+            await service.finalize()
+            try:
+                with anyio.fail_after(30):  # a guard, not a measure: the final is due now
+                    await got_text.wait()
+            except TimeoutError:
+                raise ConformanceError(
+                    f"finalize() after {fmt.seconds(sent * len(chunks[0])):.2f}s of speech "
+                    "brought no final with text"
+                ) from None
+            await service.finalize()  # again at once: at most an empty final
+            _check(service.is_streaming, "the stream must stay open after finalize()")
+        for chunk in chunks[sent:]:
+            await service.send_audio(chunk)
+        await service.stop_streaming()
+    finals = [r for r in collected if r.is_final]
+    for before, after in itertools.pairwise(finals):
+        _check(after.start >= before.start - 1e-6, "finals after finalize() must stay in order")
+
+
 async def check_stt_service(
     factory: ServiceMaker,
     audio: bytes,
@@ -76,11 +163,14 @@ async def check_stt_service(
 ) -> list[STTResult]:
     """Run the :class:`STTService` contract against services made by ``factory``.
 
-    Checks start/send/stop/cancel semantics, ``AlreadyStreaming``/``NotStreaming``, that a bad
-    chunk raises :class:`AudioFormatError` and leaves the stream usable, result ordering and
-    timeline (times inside the audio sent, finals in order, words inside their result),
-    ``endpoint_id`` on every result, metrics (audio seconds, cost), reuse after stop and
-    cleanup after cancel. Raises ``AssertionError`` naming the broken rule.
+    Checks start/send/stop/cancel semantics, ``AlreadyStreaming``/``NotStreaming``, that a
+    stream option the service does not list in ``supported_options`` is refused with
+    :class:`UnsupportedOption` at start, that a bad chunk raises :class:`AudioFormatError`
+    and leaves the stream usable, result ordering and timeline (times inside the audio sent,
+    finals in order, words inside their result), ``endpoint_id`` on every result, metrics
+    (audio seconds, cost), ``finalize()`` (a no-op with nothing open, a final with text after
+    speech without more audio, the stream still open), reuse after stop and cleanup after
+    cancel. Raises ``AssertionError`` naming the broken rule.
 
     Args:
         factory: makes a fresh service (sync or async callable).
@@ -100,6 +190,7 @@ async def check_stt_service(
     await _expect(NotStreaming, "send_audio before start", lambda: service.send_audio(audio[:4]))
     await _expect(NotStreaming, "stop_streaming before start", service.stop_streaming)
     await service.cancel_streaming()  # must be a harmless no-op
+    await _check_unsupported_option(service, audio_format)
 
     # -- a whole stream, with one bad chunk in the middle
     results = await service.start_streaming(audio_format)
@@ -166,6 +257,10 @@ async def check_stt_service(
     )
     if collected:
         _check(m.time_to_first_result is not None, "metrics.time_to_first_result not set")
+
+    # -- finalize: idle no-op, then a final after speech on a stream that goes on
+    cut = _finalize_point(finals) if expect_text else None
+    await _check_finalize(service, audio_format, chunks, cut)
 
     # -- reuse, then cancel mid-stream: the iterator ends, the service is idle
     results2 = await service.start_streaming(audio_format)

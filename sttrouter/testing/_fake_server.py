@@ -246,6 +246,8 @@ class SessionRecord:
     Attributes:
         path: the request path.
         query: query parameters (last value per key).
+        query_lists: every value of every query parameter, in order (a repeated key such as
+            Deepgram's ``keyterm`` has several).
         headers: request headers, lower-case names, the authorization header removed.
         authorized: whether the credentials matched.
         audio_bytes: binary payload received.
@@ -262,6 +264,16 @@ class SessionRecord:
     chunk_sizes: list[int] = attrs.Factory(list)
     controls: list[str] = attrs.Factory(list)
     close_code: int | None = None
+    query_lists: dict[str, list[str]] = attrs.Factory(dict)
+
+    @classmethod
+    def of(cls, ws: Any) -> SessionRecord:
+        """The record of a Starlette WebSocket's request (credentials left out)."""
+        headers = {k: v for k, v in ws.headers.items() if k.lower() != "authorization"}
+        lists: dict[str, list[str]] = {}
+        for key, value in ws.query_params.multi_items():
+            lists.setdefault(key, []).append(value)
+        return cls(ws.url.path, dict(ws.query_params), headers, query_lists=lists)
 
 
 @attrs.frozen

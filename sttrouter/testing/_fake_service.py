@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import attrs
 import numpy as np
@@ -12,7 +12,8 @@ import numpy as np
 from sttrouter.audio import ENGINE_FORMAT
 from sttrouter.clock import Clock
 from sttrouter.endpoint import Location, STTEndpoint
-from sttrouter.errors import ConnectionFailed, StreamingFailed
+from sttrouter.errors import ConfigError, ConnectionFailed, StreamingFailed
+from sttrouter.options import OPTION_NAMES, StreamOptions
 from sttrouter.results import STTResult, WordTimestamp
 from sttrouter.service import BaseSTTService
 from sttrouter.testing._faults import Fault, FaultKind, FaultPlan
@@ -73,10 +74,19 @@ class FakeSTTService(BaseSTTService):
         endpoint_silence: silence that ends an utterance when decoding marks.
         interim_results: emit interims.
         connect_delay: seconds ``_open`` takes (on ``clock``).
+        supported_options: the stream options it honours (default: all of them); the
+            others are refused with :class:`~sttrouter.errors.UnsupportedOption`.
+
+    ``finalize()`` ends the current utterance with the words heard so far (a word still
+    being spoken goes into the next one), like a vendor's Finalize; with nothing heard it
+    does nothing.
 
     Attributes:
         received: every byte this instance was sent, across streams.
         streams_started: how many ``start_streaming`` calls reached the engine.
+        options_received: the :class:`~sttrouter.options.StreamOptions` of every stream
+            that reached the engine, in order.
+        finalize_calls: how many ``finalize()`` calls reached the engine.
         down: while true, connecting and probing fail with :class:`ConnectionFailed`.
     """
 
@@ -90,8 +100,16 @@ class FakeSTTService(BaseSTTService):
         endpoint_silence: float = 0.3,
         interim_results: bool = True,
         connect_delay: float = 0.0,
+        supported_options: Iterable[str] = OPTION_NAMES,
     ) -> None:
         super().__init__(endpoint or fake_endpoint(), clock=clock)
+        self.supported_options = frozenset(supported_options)
+        unknown = self.supported_options - OPTION_NAMES
+        if unknown:
+            raise ConfigError(
+                f"unknown stream options {sorted(unknown)}; use some of {sorted(OPTION_NAMES)}",
+                field="supported_options",
+            )
         self.script = tuple(script) if script is not None else None
         self.faults = faults or FaultPlan()
         self.endpoint_silence = endpoint_silence
@@ -99,6 +117,8 @@ class FakeSTTService(BaseSTTService):
         self.connect_delay = connect_delay
         self.received = bytearray()
         self.streams_started = 0
+        self.options_received: list[StreamOptions] = []
+        self.finalize_calls = 0
         self.down = False
         self._active: tuple[Fault, ...] = ()
         self._reset_stream_state()
@@ -130,6 +150,7 @@ class FakeSTTService(BaseSTTService):
     async def _open(self) -> None:
         index = self.streams_started
         self.streams_started += 1
+        self.options_received.append(self.stream_options)
         self._reset_stream_state()
         self._active = self.faults.for_stream(index)
         if self.connect_delay:
@@ -179,6 +200,40 @@ class FakeSTTService(BaseSTTService):
     async def _abort(self) -> None:
         for task in self._pending:
             task.cancel()
+
+    async def _finalize(self) -> None:
+        self.finalize_calls += 1
+        if self._stalled:
+            return
+        if self.script is not None:
+            await self._finalize_script()
+        elif self._utt_words:
+            # the final covers the audio up to the word still being spoken, if any
+            at = self._run_start if self._run_value != 0 else self._samples
+            await self._final(at, end_of_utterance=True)
+
+    async def _finalize_script(self) -> None:
+        assert self.script is not None
+        if self._script_pos >= len(self.script):
+            return
+        utt = self.script[self._script_pos]
+        seconds = self._samples / ENGINE_FORMAT.sample_rate
+        heard = [w for w in utt.timed_words() if w.end <= seconds + 1e-9]
+        if not heard:
+            return
+        await self._deliver(
+            STTResult(
+                "" if self._empty else " ".join(w.word for w in heard),
+                is_final=True,
+                is_end_of_utterance=True,
+                start=utt.start,
+                duration=heard[-1].end - utt.start,
+                words=() if self._empty else tuple(heard),
+                confidence=1.0,
+            )
+        )
+        self._script_pos += 1
+        self._script_words_sent = 0
 
     # -- behaviour ------------------------------------------------------------------------
     def _apply(self, fault: Fault) -> None:

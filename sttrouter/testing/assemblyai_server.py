@@ -339,8 +339,7 @@ class FakeAssemblyAIServer(FakeVendorServer):
     async def _stream(self, ws: Any) -> None:
         from starlette.responses import Response
 
-        headers = {k: v for k, v in ws.headers.items() if k.lower() != "authorization"}
-        record = SessionRecord(ws.url.path, dict(ws.query_params), headers)
+        record = SessionRecord.of(ws)
         self.sessions.append(record)
         record.authorized = self._authorized(ws.headers)
         fault = self._handshake_fault(len(self.sessions) - 1)

@@ -309,8 +309,7 @@ class FakeDeepgramServer(FakeVendorServer):
     async def _listen(self, ws: Any) -> None:
         from starlette.responses import Response
 
-        headers = {k: v for k, v in ws.headers.items() if k.lower() != "authorization"}
-        record = SessionRecord(ws.url.path, dict(ws.query_params), headers)
+        record = SessionRecord.of(ws)
         self.sessions.append(record)
         record.authorized = self._authorized(ws.headers)
         if not record.authorized:
