@@ -1,8 +1,8 @@
 """A/B evaluation of endpoints: accuracy (WER, CER), latency, real-time factor and cost.
 
-The seed's Phase 1 asks to "A/B test against Deepgram: measure latency, accuracy, cost". Given a
-JSONL manifest of ``(audio, reference text)`` pairs, :func:`evaluate` streams every clip through
-every endpoint and measures:
+An A/B test of engines — say the offline engine against Deepgram — measures latency, accuracy
+and cost on the same audio. Given a JSONL manifest of ``(audio, reference text)`` pairs,
+:func:`evaluate` streams every clip through every endpoint and measures:
 
 - **WER / CER** with jiwer, after normalising both texts the same way (lower case, punctuation
   removed, whitespace collapsed); the summary is corpus-level (total edits / total reference
@@ -11,7 +11,8 @@ every endpoint and measures:
 - **final latency**: last audio sent → the last final result;
 - **real-time factor**: processing time / audio duration (below 1 is faster than real time;
   with real-time pacing it is at least 1 by construction, so measure it without);
-- **cost**: the clip's audio at the endpoint's ``cost_per_hour``.
+- **cost**: the clip's audio at the endpoint's ``cost_per_hour`` (a failed clip costs nothing
+  here: it is an error row, not a measurement).
 
 By default audio is sent as fast as the engine accepts it (what the real-time factor measures);
 ``realtime=True`` paces it like a live microphone, which is what the latencies mean in
@@ -33,7 +34,7 @@ import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import anyio
 import attrs
@@ -49,15 +50,18 @@ from sttrouter.service import STTService, iter_chunks
 __all__ = [
     "SCHEMA",
     "EndpointSummary",
+    "EvalProgress",
     "EvalReport",
     "ItemResult",
     "ManifestItem",
     "cer",
     "evaluate",
+    "failure_summary",
     "format_table",
     "load_manifest",
     "normalize_text",
     "render_chart",
+    "require_chart_library",
     "run_item",
     "wer",
 ]
@@ -201,8 +205,10 @@ async def run_item(
     clock: Clock = SYSTEM_CLOCK,
     realtime: bool = False,
     chunk_seconds: float = 0.1,
+    on_audio: Callable[[float], None] | None = None,
 ) -> ItemResult:
-    """Stream one clip through ``service`` and measure it (an engine failure becomes ``error``)."""
+    """Stream one clip through ``service`` and measure it (an engine failure becomes ``error``,
+    with no cost). ``on_audio`` hears the seconds of the clip sent so far, after each chunk."""
     collected: list[STTResult] = []
     first_at: float | None = None
     last_final_at: float | None = None
@@ -233,6 +239,8 @@ async def run_item(
                 for chunk in iter_chunks(data, fmt, chunk_seconds):
                     await service.send_audio(chunk)
                     sent += fmt.seconds(len(chunk))
+                    if on_audio is not None:
+                        on_audio(sent)
                     if realtime:  # like a microphone: chunk k is due at started + its end time
                         await clock.sleep(max(0.0, started + sent - clock.now()))
                 last_sent_at = clock.now()
@@ -244,14 +252,14 @@ async def run_item(
         failure = exc
     finished = clock.now()
     processing = finished - started
-    cost = cost_for(service.cost_per_hour, duration)
     hypothesis = Transcript.from_results(collected).text
     if failure is not None:
         return ItemResult(
             item_id, service.endpoint.id, reference, hypothesis, duration,
-            None, None, None, None, processing, None, cost,
+            None, None, None, None, processing, None, Decimal(0),
             error=f"{type(failure).__name__}: {failure}",
         )  # fmt: skip
+    cost = cost_for(service.cost_per_hour, duration)
     return ItemResult(
         item_id=item_id,
         endpoint_id=service.endpoint.id,
@@ -347,6 +355,22 @@ def _default_builder(clock: Clock) -> ServiceBuilder:
     return build
 
 
+class EvalProgress(Protocol):
+    """Hears how an :func:`evaluate` run advances (a progress bar, a log)."""
+
+    def begin(self, runs: int, audio_seconds: float) -> None:
+        """The run will stream ``runs`` clip/endpoint pairs, ``audio_seconds`` in all."""
+
+    def clip(self, item: ManifestItem, endpoint: STTEndpoint, audio_seconds: float) -> None:
+        """A clip starts on an endpoint."""
+
+    def audio(self, seconds: float) -> None:
+        """Seconds of the current clip sent so far."""
+
+    def done(self, row: ItemResult) -> None:
+        """A clip finished on an endpoint (``row.error`` says if it failed)."""
+
+
 async def evaluate(
     items: Sequence[ManifestItem],
     endpoints: Sequence[STTEndpoint],
@@ -356,6 +380,7 @@ async def evaluate(
     realtime: bool = False,
     manifest: str = "",
     progress: Callable[[ItemResult], None] | None = None,
+    watch: EvalProgress | None = None,
 ) -> EvalReport:
     """Run every clip through every endpoint, one stream at a time (so timings do not interfere).
 
@@ -368,6 +393,7 @@ async def evaluate(
         realtime: pace audio like a live microphone instead of as fast as possible.
         manifest: shown in the report.
         progress: called after each clip/endpoint pair.
+        watch: told when the run begins, each clip starts, its audio advances and it ends.
     """
     if not endpoints:
         raise ConfigError("give at least one endpoint to evaluate")
@@ -375,9 +401,14 @@ async def evaluate(
     clips = [(item, *read_audio(item.audio)) for item in items]
     rows: dict[str, list[ItemResult]] = {ep.id: [] for ep in endpoints}
     ordered: list[ItemResult] = []
+    if watch is not None:
+        total = sum(fmt.seconds(len(data)) for _item, data, fmt in clips)
+        watch.begin(len(clips) * len(endpoints), total * len(endpoints))
     for endpoint in endpoints:
         for item, data, fmt in clips:
             service = make(endpoint)
+            if watch is not None:
+                watch.clip(item, endpoint, fmt.seconds(len(data)))
             row = await run_item(
                 service,
                 data,
@@ -386,11 +417,14 @@ async def evaluate(
                 reference=item.text,
                 clock=clock,
                 realtime=realtime,
+                on_audio=None if watch is None else watch.audio,
             )
             rows[endpoint.id].append(row)
             ordered.append(row)
             if progress is not None:
                 progress(row)
+            if watch is not None:
+                watch.done(row)
     summaries = tuple(_summarise(ep, rows[ep.id]) for ep in endpoints)
     return EvalReport(manifest, summaries, tuple(ordered), realtime)
 
@@ -423,7 +457,7 @@ def format_table(report: EvalReport) -> str:
             _ms(r.final_latency_s),
             _num(r.rtf),
             f"${r.cost}",
-            (r.error or "")[:60],
+            r.error or "",
         ]
         for r in report.items
     ]
@@ -469,6 +503,30 @@ def _grid(header: list[str], body: list[list[str]]) -> list[str]:
     return [line(header), "  ".join("-" * w for w in widths), *(line(r) for r in body)]
 
 
+def failure_summary(report: EvalReport) -> str | None:
+    """One line naming how many clips failed and on which endpoints, or ``None`` when none
+    did."""
+    failed = [s for s in report.endpoints if s.errors]
+    if not failed:
+        return None
+    count = sum(s.errors for s in failed)
+    where = ", ".join(f"{s.endpoint_id}: {s.errors}" for s in failed)
+    return f"{count} of {len(report.items)} clip runs failed ({where})"
+
+
+def require_chart_library() -> None:
+    """Check that :func:`render_chart` can run, before a long evaluation rather than after.
+
+    Raises:
+        MissingDependency: matplotlib is not installed (extra ``eval``).
+    """
+    try:
+        import matplotlib.backends.backend_agg
+        import matplotlib.figure  # noqa: F401
+    except ImportError as exc:
+        raise MissingDependency("matplotlib", "eval") from exc
+
+
 def render_chart(report: EvalReport, path: str | Path) -> Path:
     """Write a PNG comparing the endpoints: accuracy, latency, speed and per-clip WER.
 
@@ -477,114 +535,7 @@ def render_chart(report: EvalReport, path: str | Path) -> Path:
     Raises:
         MissingDependency: matplotlib is not installed (extra ``eval``).
     """
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as exc:
-        raise MissingDependency("matplotlib", "eval") from exc
+    require_chart_library()
+    from sttrouter._eval_chart import draw
 
-    names = [s.endpoint_id for s in report.endpoints]
-    ticks = [f"{s.endpoint_id}\n\\${s.cost_per_hour}/h" for s in report.endpoints]
-    x = list(range(len(names)))
-    colors = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860"]
-    fig = Figure(figsize=(11, 8), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    (ax_acc, ax_lat), (ax_rtf, ax_item) = fig.subplots(2, 2)
-    fig.suptitle(f"sttrouter eval: {Path(report.manifest).name or 'manifest'}", fontsize=14)
-
-    def label(v: float | None, unit: str) -> str:
-        if v is None:
-            return "n/a"
-        if unit == "%":
-            return f"{v:.1f}%"
-        if unit == "x":
-            return f"{v:.3g}x"
-        return f"{v:.{0 if abs(v) >= 10 else 1 if abs(v) >= 1 else 3}f}{unit}"
-
-    def bars(
-        ax: Any, series: list[tuple[str, list[float | None]]], scale: float, unit: str
-    ) -> None:
-        width = 0.8 / len(series)
-        top = 0.0
-        for k, (name, values) in enumerate(series):
-            pos = [i + (k - (len(series) - 1) / 2) * width for i in x]
-            heights = [0.0 if v is None else v * scale for v in values]
-            top = max(top, *heights)
-            rects = ax.bar(pos, heights, width, label=name, color=colors[k % len(colors)])
-            ax.bar_label(
-                rects,
-                labels=[label(None if v is None else v * scale, unit) for v in values],
-                fontsize=8,
-            )
-        ax.set_xticks(x, ticks)
-        ax.set_ylim(0, (top or 1.0) * 1.3)  # headroom for the labels and the legend
-        if len(series) > 1:
-            ax.legend(loc="upper center", ncols=len(series), fontsize=8, frameon=False)
-
-    bars(
-        ax_acc,
-        [("WER", [s.wer for s in report.endpoints]), ("CER", [s.cer for s in report.endpoints])],
-        100,
-        "%",
-    )
-    ax_acc.set_title("Accuracy (lower is better)")
-    ax_acc.set_ylabel("error rate, %")
-
-    bars(
-        ax_lat,
-        [
-            ("time to first result", [s.mean_first_result_s for s in report.endpoints]),
-            ("final latency", [s.mean_final_latency_s for s in report.endpoints]),
-        ],
-        1000,
-        " ms",
-    )
-    ax_lat.set_title("Latency (mean per clip, lower is better)")
-    ax_lat.set_ylabel("milliseconds")
-
-    bars(ax_rtf, [("real-time factor", [s.rtf for s in report.endpoints])], 1, "x")
-    ax_rtf.set_ylim(0, max(1.2, ax_rtf.get_ylim()[1]))
-    ax_rtf.axhline(1.0, color="grey", linestyle="--", linewidth=1)
-    ax_rtf.text(
-        0.01,
-        1.0,
-        "real time",
-        color="grey",
-        fontsize=8,
-        ha="left",
-        va="bottom",
-        transform=ax_rtf.get_yaxis_transform(),
-        bbox={"facecolor": "white", "edgecolor": "none", "pad": 1},
-        zorder=5,
-    )
-    ax_rtf.set_title("Speed: processing time / audio time")
-    ax_rtf.set_ylabel("RTF (below 1 = faster than real time)")
-
-    clip_ids = list(dict.fromkeys(r.item_id for r in report.items))
-    width = 0.8 / max(1, len(names))
-    for k, name in enumerate(names):
-        by_clip = {r.item_id: r.wer for r in report.items if r.endpoint_id == name}
-        pos = [i + (k - (len(names) - 1) / 2) * width for i in range(len(clip_ids))]
-        values = [by_clip.get(c) for c in clip_ids]
-        rects = ax_item.bar(
-            pos,
-            [0.0 if v is None else min(v, 2.0) * 100 for v in values],
-            width,
-            label=name,
-            color=colors[k % len(colors)],
-        )
-        ax_item.bar_label(
-            rects, labels=[label(None if v is None else v * 100, "%") for v in values], fontsize=7
-        )
-    ax_item.set_xticks(range(len(clip_ids)), clip_ids, rotation=30, ha="right", fontsize=8)
-    ax_item.set_title("WER per clip")
-    ax_item.set_ylabel("WER, % (capped at 200)")
-    ax_item.set_ylim(0, max(10.0, ax_item.get_ylim()[1] * 1.3))
-    ax_item.legend(loc="upper center", ncols=len(names), fontsize=8, frameon=False)
-
-    for ax in (ax_acc, ax_lat, ax_rtf, ax_item):
-        ax.grid(axis="y", alpha=0.3)
-        ax.set_axisbelow(True)
-    out = Path(path)
-    fig.savefig(out, format="png")
-    return out
+    return draw(report, path)

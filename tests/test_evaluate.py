@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import socket
 import sys
 import wave
 from decimal import Decimal
@@ -219,8 +221,15 @@ async def test_failing_endpoints_become_error_rows(manifest: Path) -> None:
     def build(endpoint: STTEndpoint) -> FakeSTTService:
         return FakeSTTService(endpoint, faults=plans.get(endpoint.id))
 
-    endpoints = [fake_endpoint("refuses"), fake_endpoint("drops"), fake_endpoint("ok")]
+    endpoints = [
+        fake_endpoint("refuses", cost_per_hour="0.36"),
+        fake_endpoint("drops", cost_per_hour="0.36"),
+        fake_endpoint("ok"),
+    ]
     report = await evaluate(load_manifest(manifest), endpoints, build=build)
+    # a failed clip is an error row, not a measurement: it is not priced
+    assert all(r.cost == 0 for r in report.items if r.error)
+    assert summary_cost(report, "drops") == 0
     summary = {s.endpoint_id: s for s in report.endpoints}
     assert summary["refuses"].errors == 2
     assert summary["refuses"].wer is None
@@ -237,6 +246,10 @@ async def test_failing_endpoints_become_error_rows(manifest: Path) -> None:
     table = format_table(report)
     assert "ConnectionFailed" in table
     assert table.count("-") > 0
+
+
+def summary_cost(report: EvalReport, endpoint_id: str) -> Decimal:
+    return next(s.cost for s in report.endpoints if s.endpoint_id == endpoint_id)
 
 
 async def test_evaluate_needs_an_endpoint(manifest: Path) -> None:
@@ -398,3 +411,93 @@ def test_cli_eval_offline_on_bundled_samples(
     assert all("water" in h for h in hyps)
     assert out_png.read_bytes().startswith(PNG_MAGIC)
     assert "offline" in capsys.readouterr().out
+
+
+# -- exit status, JSON to stdout, progress, the chart library ------------------------------------
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def registry_with_a_dead_endpoint(
+    registry: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Path:
+    monkeypatch.setenv("STTROUTER_TEST_KEY", "k")
+    path = tmp_path / "with_dead.toml"
+    path.write_text(
+        registry.read_text()
+        + '\n[[endpoint]]\nid = "down"\nprovider = "deepgram"\nlocation = "cloud"\n'
+        'cost_per_hour = "0.258"\n[endpoint.connection]\napi_key_env = "STTROUTER_TEST_KEY"\n'
+        f'base_url = "ws://127.0.0.1:{_closed_port()}"\n'
+    )
+    return path
+
+
+def test_cli_eval_exits_1_when_a_clip_failed_and_prints_json_to_stdout(
+    manifest: Path,
+    registry_with_a_dead_endpoint: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    argv = [
+        "eval", str(manifest), "--endpoints", "fake-a,down",
+        "--config", str(registry_with_a_dead_endpoint), "--json", "-",
+    ]  # fmt: skip
+    assert main(argv) == 1
+    out, err = capsys.readouterr()
+    data = json.loads(out)  # stdout holds the JSON alone; the table went to stderr
+    assert not (tmp_path / "-").exists()
+    down = [i for i in data["items"] if i["endpoint_id"] == "down"]
+    assert len(down) == 2
+    assert all(i["error"] and i["cost"] == "0" for i in down)
+    assert err.splitlines()[-1] == "sttrouter: eval: 2 of 4 clip runs failed (down: 2)"
+    # the table carries the whole error, however long
+    assert down[0]["error"] in err
+    assert len(down[0]["error"]) > 60
+    assert "[1/4] fake-a / c0: WER 0.0%" in err
+
+
+def test_cli_eval_finds_a_missing_chart_library_before_the_run(
+    manifest: Path,
+    registry: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    argv = [
+        "eval", str(manifest), "--endpoints", "fake-a", "--config", str(registry),
+        "--chart", str(tmp_path / "x.png"), "--json", str(tmp_path / "x.json"),
+    ]  # fmt: skip
+    assert main(argv) == 1
+    out, err = capsys.readouterr()
+    assert "sttrouter[eval]" in err
+    assert "WER" not in err + out  # no clip ran
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_cli_eval_draws_a_bar_on_a_terminal(
+    manifest: Path,
+    registry: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    argv = ["eval", str(manifest), "--endpoints", "fake-a,fake-b", "--config", str(registry)]
+    assert main(argv) == 0
+    assert "Summary" in capsys.readouterr().out
+    drawn = terminal.getvalue()
+    assert "[4/4] fake-b / c1" in drawn  # the label names the clip running
+    assert "s of audio" in drawn
+    assert "WER 40.0%" not in drawn  # no per-clip lines under a bar

@@ -9,9 +9,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-__all__ = ["AudioBar", "audio_bar", "wants_bar"]
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+__all__ = ["AudioBar", "Bar", "audio_bar", "wants_bar"]
 
 AudioBar = Callable[[float], None]
 """Tells the bar how far the work has come, in seconds of audio (a running total)."""
@@ -24,14 +27,31 @@ def wants_bar(stream: TextIO | None = None) -> bool:
     return bool(isatty and isatty())
 
 
-@contextmanager
-def audio_bar(
-    label: str, total_seconds: float, stream: TextIO | None = None
-) -> Iterator[tuple[AudioBar, Callable[[str], None]]]:
-    """A bar over ``total_seconds`` of audio on ``stream`` (default stderr).
+class Bar:
+    """One bar over seconds of audio."""
 
-    Yields ``(update, relabel)``: ``update(seconds_done)`` moves the bar, ``relabel(text)``
-    changes the text in front of it.
+    def __init__(self, progress: Progress, task: TaskID) -> None:
+        self._progress = progress
+        self._task = task
+
+    def update(self, seconds: float) -> None:
+        """Move the bar to ``seconds`` of audio done."""
+        self._progress.update(self._task, completed=seconds)
+
+    def label(self, text: str) -> None:
+        """Change the text in front of the bar."""
+        self._progress.update(self._task, description=text)
+
+    def total(self, seconds: float) -> None:
+        """Change the audio the bar spans."""
+        self._progress.update(self._task, total=seconds)
+
+
+@contextmanager
+def audio_bar(label: str, total_seconds: float, stream: TextIO | None = None) -> Iterator[Bar]:
+    """A bar over ``total_seconds`` of audio on ``stream`` (default stderr), cleared at the end.
+
+    What is printed to stderr meanwhile appears above the bar.
     """
     from rich.console import Console
     from rich.progress import (
@@ -53,12 +73,4 @@ def audio_bar(
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task(label, total=total_seconds)
-
-        def update(seconds: float) -> None:
-            progress.update(task, completed=min(seconds, total_seconds))
-
-        def relabel(text: str) -> None:
-            progress.update(task, description=text)
-
-        yield update, relabel
+        yield Bar(progress, progress.add_task(label, total=total_seconds))

@@ -251,8 +251,8 @@ def _bar(file: str, seconds: float, args: argparse.Namespace) -> Iterator[AudioB
     if args.partials or seconds < LONG_FILE_SECONDS or not wants_bar():
         yield None
         return
-    with audio_bar(Path(file).name, seconds) as (update, _relabel):
-        yield update
+    with audio_bar(Path(file).name, seconds) as bar:
+        yield bar.update
 
 
 def _show_event(event: RouteEvent) -> None:
