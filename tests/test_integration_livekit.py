@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -274,3 +276,23 @@ def test_import_sttrouter_imports_no_framework() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+async def test_the_example_agent_fails_over_to_the_offline_engine(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pytest.importorskip("pocketsphinx")
+    pytest.importorskip("deepgram")
+    monkeypatch.setenv("DEEPGRAM_API_KEY", "offline-demo")
+    root = Path(__file__).parent.parent
+    spec = importlib.util.spec_from_file_location(
+        "livekit_agent", root / "examples/livekit_agent.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+
+    finals = await example.transcribe(root / "examples/audio/hello_16k.wav")
+
+    assert "hello" in " ".join(finals)

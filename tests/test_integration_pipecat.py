@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
@@ -173,3 +175,23 @@ def test_error_categories() -> None:
     assert error_category(AuthenticationFailed("bad key")) is ErrorCategory.AUTHENTICATION
     assert error_category(AudioFormatError("odd bytes")) is ErrorCategory.APPLICATION
     assert error_category(NoEndpointAvailable("none left")) is ErrorCategory.CONNECTIVITY
+
+
+async def test_the_example_pipeline_fails_over_to_the_offline_engine(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pytest.importorskip("pocketsphinx")
+    pytest.importorskip("deepgram")
+    monkeypatch.setenv("DEEPGRAM_API_KEY", "offline-demo")
+    root = Path(__file__).parent.parent
+    spec = importlib.util.spec_from_file_location(
+        "pipecat_pipeline", root / "examples/pipecat_pipeline.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+
+    finals = await example.transcribe(root / "examples/audio/hello_16k.wav")
+
+    assert "hello" in " ".join(finals)

@@ -23,7 +23,8 @@ What LiveKit sees:
   the endpoint that produced it.
 * Frames at any sample rate and channel count (converted once, inside the session); a flush
   asks the serving engine for the current utterance's final (``finalize()``); ``end_input``
-  waits for the last final.
+  waits for the last final. A single-engine source must connect within ``conn_options.timeout``;
+  a routed session applies its own ``connect_timeout`` to each endpoint of its chain.
 * ``language`` goes to the router and to the engine as the stream's ``StreamOptions``.
 * Errors: an error that reaches the agent is an ``APIError``. Running out of endpoints is an
   ``APIConnectionError`` (not retryable: the routed session already walked its chain and retry
@@ -48,7 +49,7 @@ from typing import Literal
 from sttrouter.audio import AudioFormat
 from sttrouter.context import RoutingContext
 from sttrouter.endpoint import STTEndpoint
-from sttrouter.errors import MissingDependency, NoEndpointAvailable, STTError
+from sttrouter.errors import ConnectTimeout, MissingDependency, NoEndpointAvailable, STTError
 from sttrouter.events import RouteEvent, RouteEventKind
 from sttrouter.integrations import SessionSource, http_status, open_session
 from sttrouter.options import StreamOptions
@@ -252,7 +253,17 @@ class RecognizeStream(stt.RecognizeStream):
     async def _open(self, first: rtc.AudioFrame) -> STTService:
         service = self._routed.open_service(self._language)
         fmt = AudioFormat(sample_rate=first.sample_rate, channels=first.num_channels)
-        results = await service.start_streaming(fmt, StreamOptions(language=self._language))
+        opening = service.start_streaming(fmt, StreamOptions(language=self._language))
+        if isinstance(service, RoutedSession):
+            results = await opening  # its own connect deadline holds per endpoint of the chain
+        else:
+            try:
+                results = await asyncio.wait_for(opening, self._conn_options.timeout)
+            except TimeoutError as exc:
+                raise ConnectTimeout(
+                    f"did not connect within {self._conn_options.timeout:g}s",
+                    endpoint_id=service.endpoint.id,
+                ) from exc
         self._service = service
         self._tasks.append(asyncio.ensure_future(self._read(results)))
         if isinstance(service, RoutedSession):
