@@ -2,9 +2,20 @@
 
 Examples::
 
+    sttrouter serve --config endpoints.toml --port 8080 --workers 4
     sttrouter serve --backend offline --port 8080
     sttrouter serve --backend openai --backend-url http://gpu-box:8000 --backend-model glm-asr
     STTROUTER_GATEWAY_TOKEN=s3cret sttrouter serve --backend glm-local --host 0.0.0.0
+
+``--config`` routes: each worker process builds one RoutingContext from the registry and
+every connection or request gets its own routed session (failover without loss, breakers,
+admission and switch-back, shared by the worker's sessions). Model names: ``sttrouter``
+(routed) and every endpoint id (that endpoint alone). ``--backend`` is the shortcut for a
+one-endpoint gateway.
+
+``--workers N`` forks N processes that share the listening socket. Every limit
+(``--max-sessions``, ``--max-requests``, breakers, admission) is per worker: N workers
+serve up to N times ``--max-sessions``.
 
 The token is read from an environment variable (``--token-env``, default
 ``STTROUTER_GATEWAY_TOKEN``), never from the command line, where ``ps`` would show it.
@@ -15,8 +26,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
+import multiprocessing
 import os
+import signal
+import socket
 from typing import Any
 
 import attrs
@@ -28,7 +43,7 @@ from sttrouter.gateway import protocol as gw
 from sttrouter.gateway.server import Backend, GatewayConfig, GatewayServer
 from sttrouter.service import STTService
 
-__all__ = ["build_backend", "build_config", "register", "run"]
+__all__ = ["build_backend", "build_config", "build_server", "register", "run"]
 
 BACKENDS = ("offline", "openai", "glm-local", "fake")
 
@@ -53,6 +68,24 @@ def register(subparsers: Any) -> None:
     p.add_argument("--backend-model", help="served model name, or GLM model path/repo")
     p.add_argument("--backend-key-env", help="environment variable holding the backend's API key")
     p.add_argument(
+        "--config",
+        metavar="REGISTRY_TOML",
+        help="route over the endpoints of this registry file (instead of one --backend)",
+    )
+    p.add_argument("--policy", metavar="POLICY_TOML", help="routing policy for --config")
+    p.add_argument(
+        "--allow-insecure",
+        action="store_true",
+        help="allow a plain http:// --backend-url on a host that is not loopback "
+        "(a private network you trust)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes sharing the socket; every limit is per worker (default 1)",
+    )
+    p.add_argument(
         "--interim-interval",
         type=float,
         default=None,
@@ -63,17 +96,59 @@ def register(subparsers: Any) -> None:
         default="STTROUTER_GATEWAY_TOKEN",
         help="environment variable holding the clients' bearer token (unset: no auth)",
     )
-    p.add_argument("--max-sessions", type=int, default=100)
-    p.add_argument("--max-buffer-seconds", type=float, default=10.0)
+    p.add_argument("--max-sessions", type=int, default=100, help="streaming sessions per worker")
+    p.add_argument(
+        "--max-requests",
+        type=int,
+        default=None,
+        help="HTTP transcriptions at once per worker (default: 2 per core); more get 503",
+    )
+    p.add_argument(
+        "--engine-threads",
+        type=int,
+        default=None,
+        help="threads for engines' blocking work per worker (default: one per core)",
+    )
+    p.add_argument(
+        "--max-buffer-seconds",
+        type=float,
+        default=10.0,
+        help="audio a session may have waiting for the engine; beyond it the socket is not "
+        "read (TCP slows the client)",
+    )
     p.add_argument(
         "--max-buffer-wait-seconds",
         type=float,
-        default=1.0,
-        help="how long a frame may wait for buffer room before BUFFER_OVERFLOW",
+        default=10.0,
+        help="how long the engine may take no audio at all with the buffer full before a "
+        "frame is dropped with BUFFER_OVERFLOW",
+    )
+    p.add_argument(
+        "--start-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a connection may take to send its start message (default 10)",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=60.0,
+        help="seconds a started session may receive nothing before it is ended (default 60)",
+    )
+    p.add_argument(
+        "--max-session-seconds",
+        type=float,
+        default=4 * 3600.0,
+        help="longest a session may stay open (default 4 h)",
     )
     p.add_argument("--max-frame-seconds", type=float, default=gw.MAX_FRAME_SECONDS)
     p.add_argument("--max-message-bytes", type=int, default=1 << 20)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--no-access-log",
+        action="store_true",
+        help="do not log a JSON line per request (sttrouter.gateway.access)",
+    )
     p.set_defaults(func=run)
 
 
@@ -86,6 +161,21 @@ def build_config(args: argparse.Namespace, environ: dict[str, str] | None = None
         raise ConfigError("--max-frame-seconds must lie in (0, 10]")
     if args.max_buffer_seconds <= 0:
         raise ConfigError("--max-buffer-seconds must be positive")
+    for flag in ("start_timeout", "idle_timeout", "max_session_seconds"):
+        if getattr(args, flag) <= 0:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be positive")
+    if args.workers < 1:
+        raise ConfigError("--workers must be at least 1")
+    extra: dict[str, Any] = {}
+    if args.max_requests is not None:
+        if args.max_requests < 1:
+            raise ConfigError("--max-requests must be at least 1")
+        extra["max_requests"] = args.max_requests
+    if args.engine_threads is not None:
+        if args.engine_threads < 1:
+            raise ConfigError("--engine-threads must be at least 1")
+        extra["engine_threads"] = args.engine_threads
+    model = "sttrouter" if args.config else args.backend_model or f"sttrouter-{args.backend}"
     return GatewayConfig(
         token=token,
         max_sessions=args.max_sessions,
@@ -93,8 +183,55 @@ def build_config(args: argparse.Namespace, environ: dict[str, str] | None = None
         max_buffer_wait_seconds=max(0.0, args.max_buffer_wait_seconds),
         max_frame_seconds=args.max_frame_seconds,
         max_message_bytes=args.max_message_bytes,
-        model=args.backend_model or f"sttrouter-{args.backend}",
+        model=model,
+        start_timeout_seconds=args.start_timeout,
+        idle_timeout_seconds=args.idle_timeout,
+        max_session_seconds=args.max_session_seconds,
+        **extra,
     )
+
+
+def _serve_fake() -> Backend:
+    """``--backend fake``: the test fake with bounded memory (it keeps no copy of the audio,
+    and a run of words with no pause is cut every 64 words), for demos and benchmarks."""
+    from sttrouter.testing import FakeSTTService
+
+    class ServeFake(FakeSTTService):
+        async def _send(self, pcm: bytes) -> None:
+            await super()._send(pcm)
+            self.received.clear()
+            if len(getattr(self, "_utt_words", ())) > 64:
+                await self._finalize()
+
+    return lambda config: ServeFake()
+
+
+class _ContextBackend:
+    """Routed sessions of one :class:`~sttrouter.RoutingContext` (``chain``: one endpoint)."""
+
+    def __init__(self, context: Any, chain: tuple[str, ...] | None = None) -> None:
+        self.context = context
+        self.chain = chain
+
+    def __call__(self, config: gw.StreamConfig) -> STTService:
+        session: STTService = self.context.session(language=config.language, chain=self.chain)
+        return session
+
+
+def build_server(args: argparse.Namespace, config: GatewayConfig) -> GatewayServer:
+    """The gateway for ``args``: a routed one for ``--config``, else one ``--backend``.
+
+    Call it in the worker process: a ``--config`` gateway builds its RoutingContext here."""
+    if not args.config:
+        return GatewayServer(build_backend(args), config)
+    from sttrouter.context import RoutingContext
+
+    context = RoutingContext.from_toml(args.config, policy=args.policy)
+    routed = _ContextBackend(context)
+    models: dict[str, Backend] = {
+        ep.id: _ContextBackend(context, (ep.id,)) for ep in context.registry
+    }
+    return GatewayServer(routed, config, models=models)
 
 
 def build_backend(args: argparse.Namespace) -> Backend:
@@ -103,9 +240,7 @@ def build_backend(args: argparse.Namespace) -> Backend:
 
     kind = args.backend
     if kind == "fake":
-        from sttrouter.testing import FakeSTTService
-
-        return lambda config: FakeSTTService()
+        return _serve_fake()
     if kind == "offline":
         endpoint = offline_endpoint()
         return lambda config: create_service(endpoint)
@@ -135,7 +270,10 @@ def build_backend(args: argparse.Namespace) -> Backend:
         provider="glm_server",
         location=Location.SELF_HOSTED,
         connection=ConnectionConfig(
-            base_url=args.backend_url, api_key_env=args.backend_key_env, options=opts
+            base_url=args.backend_url,
+            api_key_env=args.backend_key_env,
+            options=opts,
+            allow_insecure=bool(getattr(args, "allow_insecure", False)),
         ),
     )
     return _openai_backend(endpoint)
@@ -187,12 +325,73 @@ def run(args: argparse.Namespace) -> int:
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    server = GatewayServer(build_backend(args), build_config(args))
-    asyncio.run(_serve(server, args))
-    return 0
+    if args.no_access_log:
+        logging.getLogger("sttrouter.gateway.access").setLevel(logging.WARNING)
+    config = build_config(args)
+    build_server(args, config)  # fail here, once, on a bad backend or registry
+    sock = bind(args.host, args.port)
+    if args.workers == 1:
+        asyncio.run(_serve(build_server(args, config), args, sock))
+        return 0
+    return _run_workers(args, config, sock)
 
 
-async def _serve(server: GatewayServer, args: argparse.Namespace) -> None:
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket (shared by every worker).
+
+    Raises:
+        ConfigError: the address is in use or cannot be bound (one line, no traceback).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"port {port} on {host} is already in use; stop the other server or pick "
+                "another --port",
+                field="port",
+            ) from None
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}", field="port") from None
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def _worker(args: argparse.Namespace, config: GatewayConfig, sock: socket.socket) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops workers with SIGTERM
+    asyncio.run(_serve(build_server(args, config), args, sock))
+
+
+def _run_workers(args: argparse.Namespace, config: GatewayConfig, sock: socket.socket) -> int:
+    ctx = multiprocessing.get_context("fork")
+    procs = [
+        ctx.Process(target=_worker, args=(args, config, sock), name=f"sttrouter-worker-{i}")
+        for i in range(args.workers)
+    ]
+    for proc in procs:
+        proc.start()
+
+    def stop(signum: int, frame: Any) -> None:
+        for proc in procs:
+            if proc.is_alive() and proc.pid is not None:
+                os.kill(proc.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for proc in procs:
+        proc.join()
+    sock.close()
+    stopped = (0, -signal.SIGTERM, -signal.SIGINT)  # a worker ends by the signal it was sent
+    return max((0 if proc.exitcode in stopped else 1) for proc in procs)
+
+
+async def _serve(
+    server: GatewayServer, args: argparse.Namespace, sock: socket.socket | None = None
+) -> None:
     from sttrouter.gateway._runner import AppServer
 
     app_server = AppServer(
@@ -201,14 +400,17 @@ async def _serve(server: GatewayServer, args: argparse.Namespace) -> None:
         port=args.port,
         ws_max_size=server.config.max_message_bytes,
         handle_signals=True,
+        sock=sock,
     )
     await app_server.start()
     auth = "bearer token required" if server.config.token else "NO AUTH (set --token-env)"
+    backend = f"registry {args.config}" if args.config else f"backend {args.backend}"
     logging.getLogger("sttrouter.gateway").warning(
-        "sttrouter gateway on %s (backend %s, %s): WS %s/v1/audio/stream",
+        "sttrouter gateway on %s (%s, %s, pid %d): WS %s/v1/audio/stream",
         app_server.http_url,
-        args.backend,
+        backend,
         auth,
+        os.getpid(),
         app_server.ws_url,
     )
     await app_server.serve_forever()

@@ -39,6 +39,8 @@ class AppServer:
             with 1009.
         handle_signals: let uvicorn handle SIGINT/SIGTERM (the command line does).
         backlog: listen backlog (many concurrent connects in benchmarks).
+        sock: an already bound socket to serve on (shared by worker processes); ``host``
+            and ``port`` then only name it.
     """
 
     def __init__(
@@ -50,6 +52,7 @@ class AppServer:
         ws_max_size: int = 1 << 20,
         handle_signals: bool = False,
         backlog: int = 2048,
+        sock: socket.socket | None = None,
     ) -> None:
         uvicorn = _uvicorn()
         self.config = uvicorn.Config(
@@ -79,6 +82,7 @@ class AppServer:
 
         self._server = _Server(self.config)
         self._socket: socket.socket | None = None
+        self._given = sock
         self._task: asyncio.Task[None] | None = None
         self.host = host
         self.port = port
@@ -93,12 +97,15 @@ class AppServer:
 
     async def start(self) -> None:
         """Bind and start serving; returns once the server accepts connections."""
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
-        sock.setblocking(False)
-        self._socket = sock
+        if self._given is not None:
+            sock = self._given
+        else:
+            family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.host, self.port))
+            sock.setblocking(False)
+            self._socket = sock
         self.port = sock.getsockname()[1]
         self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[sock]))
         while not self._server.started:

@@ -65,6 +65,7 @@ Backend = Callable[[gw.StreamConfig], STTService]
 an ``async aclose()`` method is closed when the server shuts down."""
 
 access_log = logging.getLogger("sttrouter.gateway.access")
+log = logging.getLogger(__name__)
 
 
 def _cores() -> int:
@@ -185,10 +186,14 @@ class GatewayServer:
         async def http_error(request: Any, exc: HTTPException) -> Any:
             return http.error_response(self, exc.status_code, str(exc.detail), headers=exc.headers)
 
+        async def crash(request: Any, exc: Exception) -> Any:
+            log.exception("request failed: %s", type(exc).__name__)
+            return http.error_response(self, 500, "the gateway failed on its side", "server_error")
+
         return _AccessLog(
             apps.Starlette(
                 lifespan=self._lifespan,
-                exception_handlers={HTTPException: http_error},
+                exception_handlers={HTTPException: http_error, Exception: crash},
                 routes=self._routes(Route, WebSocketRoute),
             )
         )
