@@ -191,7 +191,14 @@ class EndpointMisconfigured(PermanentError):
 
 
 class AudioFormatError(CallerError):
-    """The audio does not match its declared format, or the format itself is unusable."""
+    """The audio does not match its declared format, or the format itself is unusable.
+
+    Attributes:
+        uncovered: from a routed session, when two endpoints rejected audio it had validated:
+            the ``(start, end)`` span of session audio, in seconds, left without a final.
+    """
+
+    uncovered: tuple[float, float] | None = None
 
 
 class ConfigError(CallerError):

@@ -37,6 +37,10 @@ class RouteEventKind(enum.StrEnum):
     OVERFLOW = "overflow"
     """The replay buffer overflowed; ``interval`` is audio that can no longer be replayed
     (or, when a failover needed it, audio that was not transcribed)."""
+    AUDIT = "audit"
+    """The coverage audit settled a span with speech energy that a final skipped or never
+    covered (``interval``): two endpoints found no words in it, or no endpoint was left to
+    replay it (then it is also in ``uncovered``)."""
 
 
 @attrs.frozen

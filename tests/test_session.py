@@ -158,22 +158,39 @@ async def test_permanent_error_after_open_trips_breaker_and_never_switches_back(
     assert "AuthenticationFailed" in run.events[1].reason
 
 
-async def test_caller_error_goes_to_the_caller_without_failover() -> None:
+async def test_engine_rejecting_validated_audio_fails_over() -> None:
+    """An engine that calls audio bad which the session validated is the engine's failure:
+    the backup takes over and nothing is lost; only when the backup rejects the same audio
+    too does the caller get AudioFormatError, naming the uncovered span."""
+
     class Picky(FakeSTTService):
         async def _send(self, pcm: bytes) -> None:
-            raise AudioFormatError("engine rejects this audio")
+            await super()._send(pcm)
+            if self.stream_seconds >= 0.5:
+                raise AudioFormatError("engine rejects this audio")
 
     clock = FakeClock()
     a = Picky(fake_endpoint("a"), clock=clock)
     b = FakeSTTService(fake_endpoint("b"), clock=clock)
     s = RoutedSession([a.endpoint, b.endpoint], service_factory=fakes(clock, a, b), clock=clock)
-    await s.start_streaming()
-    with pytest.raises(AudioFormatError):
-        await s.send_audio(SPEECH.pcm[:640])
-    assert b.streams_started == 0
-    assert "failover" not in [e.kind.value for e in s.history]
-    await s.cancel_streaming()
-    # bad audio from the caller is refused before it reaches any endpoint; the stream goes on
+    run = await drive(clock, s, SPEECH)
+    check_coverage(SPEECH, run, ("a", "b"))
+    assert run.kinds()[:3] == ["selected", "failed", "failover"]
+    assert "AudioFormatError" in run.events[1].reason
+    assert s.breakers["a"].state is not BreakerState.OPEN  # one claim does not trip it
+
+    c = Picky(fake_endpoint("c"), clock=clock)
+    d = Picky(fake_endpoint("d"), clock=clock)
+    s3 = RoutedSession([c.endpoint, d.endpoint], service_factory=fakes(clock, c, d), clock=clock)
+    run = await drive(clock, s3, SPEECH)
+    assert isinstance(run.error, AudioFormatError)
+    assert "c and d both rejected" in run.error.message
+    assert run.error.uncovered is not None
+    assert run.error.uncovered[0] == pytest.approx(0.0)
+
+
+async def test_bad_audio_from_the_caller_is_refused_before_any_endpoint() -> None:
+    clock = FakeClock()
     _, _b2, s2 = pair(clock)
     await s2.start_streaming()
     with pytest.raises(AudioFormatError):
@@ -386,7 +403,12 @@ def _overflowing_session(clock: FakeClock, *, strict: bool) -> RoutedSession:
         [a.endpoint, b.endpoint],
         service_factory=fakes(clock, a, b),
         clock=clock,
-        config=SessionConfig(replay_seconds=1.0, stall_timeout=60.0, raise_on_lost_audio=strict),
+        config=SessionConfig(
+            replay_seconds=1.0,
+            stall_timeout=60.0,
+            final_timeout=60.0,
+            raise_on_lost_audio=strict,
+        ),
     )
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 
 from sttrouter.endpoint import STTEndpoint
-from sttrouter.errors import AudioFormatError
 from sttrouter.events import RouteEventKind
 from sttrouter.providers.deepgram import DeepgramSTTService, deepgram_endpoint
 from sttrouter.service import STTService, stream_transcribe
@@ -66,13 +65,19 @@ async def test_deepgram_drop_mid_stream_fails_over_without_losing_words() -> Non
     assert "w1" not in words  # no duplicate of what Deepgram already finalised
 
 
-async def test_deepgram_bad_audio_close_goes_to_the_caller() -> None:
+async def test_deepgram_bad_audio_claim_fails_over_without_losing_words() -> None:
+    """A Deepgram close 1002 ``DATA-0000`` on audio the session validated is Deepgram's
+    failure: the backup replays and transcribes the rest, nothing lost, whatever the timing."""
     fault = ServerFault(after=0.5, close_code=1002, reason="DATA-0000")
     async with FakeDeepgramServer(script=SCRIPT, api_key=KEY, faults=[fault]) as server:
         s, backup = session(server)
-        with pytest.raises(AudioFormatError):
-            await stream_transcribe(s, SPEECH.pcm, SPEECH.format)
-    assert backup.streams_started == 0  # a caller error is not failed over
+        transcript = await stream_transcribe(s, SPEECH.pcm, SPEECH.format, chunk_seconds=0.02)
+    kinds = [e.kind for e in s.history]
+    assert kinds == [RouteEventKind.SELECTED, RouteEventKind.FAILED, RouteEventKind.FAILOVER]
+    assert "AudioFormatError" in s.history[1].reason
+    assert backup.streams_started == 1
+    words = [w.word for r in transcript.results for w in r.words]
+    assert words == [w for w, _, _ in SPEECH.words]
 
 
 async def test_deepgram_wrong_key_at_connect_falls_through(

@@ -39,8 +39,9 @@ def check_result(result: STTResult, *, heard: float, last_final_end: float | Non
         heard: seconds of audio the stream was sent so far.
         last_final_end: end of the stream's previous final, if any.
     """
-    if not isinstance(result.is_final, bool):
-        return f"is_final is {result.is_final!r}, not a boolean"
+    is_final: object = result.is_final  # a parser may have let a string through
+    if not isinstance(is_final, bool):
+        return f"is_final is {is_final!r}, not a boolean"
     start, duration = result.start, result.duration
     if not (math.isfinite(start) and math.isfinite(duration)):
         return f"non-finite time (start {start!r}, duration {duration!r})"

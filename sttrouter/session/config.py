@@ -36,6 +36,11 @@ def _positive(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
         raise ConfigError(f"{attr.name} must be positive, got {value!r}", field=attr.name)
 
 
+def _positive_or_none(inst: object, attr: attrs.Attribute[Any], value: float | None) -> None:
+    if value is not None:
+        _positive(inst, attr, value)
+
+
 @attrs.frozen
 class SessionConfig:
     """Knobs of a routed session (all times in seconds of the session's clock).
@@ -55,10 +60,21 @@ class SessionConfig:
         switch_back: move to a recovered higher-priority endpoint at utterance boundaries.
         retry_failed_after: an endpoint that failed in this session is used again (switch-back
             or failover) only after this long, and only if its breaker and health allow.
-        raise_on_lost_audio: when audio that overflowed the replay buffer could not be replayed
-            after a failover, the stream carries on, and ``stop_streaming`` then raises
-            :class:`~sttrouter.errors.NoEndpointAvailable` naming the first lost span (all of
-            them are in ``session.uncovered``). ``False`` only records them.
+        raise_on_lost_audio: when audio with no final is reported (it overflowed the replay
+            buffer and could not be replayed after a failover, or no endpoint was left to
+            replay a span with speech that a final skipped), the stream carries on, and
+            ``stop_streaming`` then raises :class:`~sttrouter.errors.NoEndpointAvailable`
+            naming the first such span (all of them are in ``session.uncovered``). ``False``
+            only records them.
+        final_timeout: speech sent to an endpoint must have a final within this long
+            (interim results do not count); else the endpoint fails and the audio is replayed
+            elsewhere. ``None``: two thirds of ``replay_seconds``, so the audio is still in the
+            buffer. Per endpoint: ``connection.options.final_timeout``.
+        send_timeout: one send to an endpoint may block this long; then the endpoint fails
+            (a send to an endpoint that has failed is abandoned at once).
+        stop_timeout: ``stop_streaming`` as a whole (last finals, failovers on the way) ends
+            within this long, raising :class:`~sttrouter.errors.NoEndpointAvailable` with the
+            audio that has no final. ``None``: three times ``finish_timeout``.
     """
 
     replay_seconds: float = attrs.field(default=30.0, validator=_positive)
@@ -71,3 +87,18 @@ class SessionConfig:
     switch_back: bool = True
     retry_failed_after: float = attrs.field(default=30.0, validator=_positive)
     raise_on_lost_audio: bool = True
+    final_timeout: float | None = attrs.field(default=None, validator=_positive_or_none)
+    send_timeout: float = attrs.field(default=2.0, validator=_positive)
+    stop_timeout: float | None = attrs.field(default=None, validator=_positive_or_none)
+
+    @property
+    def final_deadline(self) -> float:
+        """``final_timeout``, or its default (two thirds of the replay buffer)."""
+        if self.final_timeout is not None:
+            return self.final_timeout
+        return self.replay_seconds * 2 / 3
+
+    @property
+    def stop_deadline(self) -> float:
+        """``stop_timeout``, or its default (three times ``finish_timeout``)."""
+        return self.stop_timeout if self.stop_timeout is not None else 3 * self.finish_timeout

@@ -1,5 +1,5 @@
 """What a routed session reports: its route events, and the audio it could not get
-transcribed (replay-buffer overflow)."""
+transcribed (replay-buffer overflow, or a span with speech no endpoint was left to replay)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ class Journal:
 
     Attributes:
         uncovered: spans of session audio (seconds) that could not be transcribed: audio
-            that overflowed the replay buffer and then could not be replayed after a failover.
+            that overflowed the replay buffer and then could not be replayed after a failover,
+            and spans with speech that a final skipped when no other endpoint could replay
+            them.
     """
 
     def __init__(self, listener: EventListener | None, clock: Clock, buffer: ReplayBuffer) -> None:
@@ -85,13 +87,25 @@ class Journal:
             interval=seconds,
         )
 
+    def audited(self, span: tuple[int, int], endpoint_id: str | None, *, reported: bool) -> None:
+        """The coverage audit settled a span with speech energy and no words: two endpoints
+        agree (``reported=False``), or nobody was left to replay it (then it is uncovered)."""
+        seconds = (self._buf.seconds(span[0]), self._buf.seconds(span[1]))
+        if reported:
+            self.uncovered.append(seconds)
+            reason = "no other endpoint could replay this span with speech that a final skipped"
+        else:
+            reason = "two endpoints found no words in this span with speech energy: covered"
+        self.emit(RouteEventKind.AUDIT, endpoint_id, reason=reason, interval=seconds)
+
     def lost_audio_error(self) -> NoEndpointAvailable | None:
         """No audio is lost silently: the error naming the first lost span, if any."""
         if not self.uncovered:
             return None
         more = len(self.uncovered) - 1
         return NoEndpointAvailable(
-            "audio that overflowed the replay buffer could not be replayed after a failover"
+            "audio with no final could not be replayed (a replay-buffer overflow, or a span "
+            "with speech that a final skipped and no other endpoint could replay)"
             + (f" ({more} more span(s) in session.uncovered)" if more else "")
             + "; raise SessionConfig.replay_seconds for engines that finalise rarely",
             uncovered=self.uncovered[0],

@@ -4,7 +4,13 @@ A leg owns its service, its reader task and its stall watchdog, and moves throug
 :class:`LegState`: ``OPENING`` -> ``REPLAYING`` (catching up with the replay buffer) -> ``LIVE``
 -> ``FINISHING`` -> ``RETIRED``, or ``FAILED`` from any state before ``RETIRED`` (a failed leg
 is retired too once the session gives it up; its ``failure`` stays). Every error an endpoint
-raises goes through one classification, :func:`caller_fault`.
+raises goes through one classification, :func:`caller_fault`; every result it delivers passes
+the sanity check (:func:`~sttrouter.session.audit.check_result`) first.
+
+Deadlines of a leg: the stall watchdog (speech sent, no result at all), the final deadline
+(speech sent, no final covering it: interims do not count), and the send deadline (one send
+blocked too long). A send in flight when the leg fails is abandoned at once, so the caller's
+``send_audio`` never waits for a dying connection.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -21,10 +28,12 @@ from sttrouter.audio import ENGINE_FORMAT
 from sttrouter.clock import Clock, fail_after
 from sttrouter.endpoint import STTEndpoint
 from sttrouter.errors import (
+    AudioFormatError,
     ConfigError,
     ConnectTimeout,
     EmptyTranscripts,
     ErrorKind,
+    MalformedResponse,
     NotStreaming,
     StreamingFailed,
     StreamStalled,
@@ -36,6 +45,7 @@ from sttrouter.resilience import Permit
 from sttrouter.results import STTResult
 from sttrouter.service import ServiceFactory, STTService
 from sttrouter.session._replay import chunk_has_speech
+from sttrouter.session.audit import check_result
 from sttrouter.session.ledger import LegUsage, UsageLedger
 from sttrouter.session.timeline import BYTES_PER_SECOND, EmptyFinals, EmptyVerdict
 
@@ -49,23 +59,29 @@ __all__ = [
     "caller_fault",
     "open_leg",
     "stall_timeout_for",
+    "timeout_option",
 ]
 
 log = logging.getLogger("sttrouter.session")
 _DEFAULT_OPTIONS = StreamOptions()
 
 
-def stall_timeout_for(endpoint: STTEndpoint, default: float) -> float:
-    """``stall_timeout`` from the endpoint's connection options, else ``default``."""
-    value = endpoint.connection.option("stall_timeout")
+def timeout_option(endpoint: STTEndpoint, name: str, default: float) -> float:
+    """Option ``name`` (seconds) from the endpoint's connection options, else ``default``."""
+    value = endpoint.connection.option(name)
     try:
         return float(value) if value is not None else default
     except (TypeError, ValueError):
         raise ConfigError(
-            f"stall_timeout must be a number of seconds, got {value!r}",
+            f"{name} must be a number of seconds, got {value!r}",
             endpoint=endpoint.id,
-            field="connection.options.stall_timeout",
+            field=f"connection.options.{name}",
         ) from None
+
+
+def stall_timeout_for(endpoint: STTEndpoint, default: float) -> float:
+    """``stall_timeout`` from the endpoint's connection options, else ``default``."""
+    return timeout_option(endpoint, "stall_timeout", default)
 
 
 class LegState(enum.Enum):
@@ -83,8 +99,12 @@ _LISTENING = frozenset({LegState.OPENING, LegState.REPLAYING, LegState.LIVE, Leg
 def caller_fault(error: STTError) -> bool:
     """Whether an error an endpoint raised is the caller's mistake (it goes to the caller; no
     failover would help). Everything else is the endpoint's failure. ``NotStreaming`` is the
-    endpoint's: the engine closed the stream under the session."""
-    return error.kind is ErrorKind.CALLER and not isinstance(error, NotStreaming)
+    endpoint's: the engine closed the stream under the session. ``AudioFormatError`` is the
+    endpoint's too: the session validated the audio itself before any engine saw it (the
+    session tells the caller only when a second endpoint rejects the same audio)."""
+    return error.kind is ErrorKind.CALLER and not isinstance(
+        error, (NotStreaming, AudioFormatError)
+    )
 
 
 @attrs.frozen
@@ -96,6 +116,9 @@ class LegHooks:
     on_result: Callable[[Leg, STTResult], Awaitable[None]]
     on_failure: Callable[[Leg, STTError], None]
     on_caller_error: Callable[[STTError], Awaitable[None]]
+    unfinalised: Callable[[int], tuple[int, int] | None]
+    """``unfinalised(pos)``: the span before session position ``pos`` with speech and no
+    final yet, if any (evaluated lazily, only when a final is overdue)."""
 
 
 @attrs.frozen
@@ -106,6 +129,8 @@ class LegSettings:
     finish_timeout: float
     speech_dbfs: float
     empty_final_limit: int
+    final_timeout: float = 20.0
+    send_timeout: float = 2.0
 
 
 class Leg:
@@ -119,18 +144,24 @@ class Leg:
     """
 
     __slots__ = (
+        "abandoned",
         "awaiting_since",
+        "blamed",
         "confirmed",
         "empty",
         "endpoint",
         "failure",
         "fed",
+        "guard",
         "hooks",
+        "last_final_end",
         "offset",
         "permit",
         "reader",
         "replay_end",
         "results",
+        "sender",
+        "sends",
         "service",
         "settings",
         "state",
@@ -158,6 +189,11 @@ class Leg:
         self.settings = settings
         self.state = LegState.OPENING
         self.failure: STTError | None = None
+        self.blamed = True
+        self.last_final_end: float | None = None
+        self.sender: asyncio.Task[Any] | None = None
+        self.sends = 0
+        self.abandoned = False
         self.confirmed = False
         self.awaiting_since: float | None = None
         self.wake = asyncio.Event()
@@ -165,6 +201,7 @@ class Leg:
         self.results: AsyncIterator[STTResult] | None = None
         self.reader: asyncio.Task[None] | None = None
         self.watchdog: asyncio.Task[None] | None = None
+        self.guard: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"Leg({self.endpoint.id!r}, {self.state.value}, offset={self.offset})"
@@ -196,6 +233,7 @@ class Leg:
         self.state = LegState.REPLAYING if self.fed < self.replay_end else LegState.LIVE
         self.reader = self.hooks.spawn(self._read())
         self.watchdog = self.hooks.spawn(self._watch())
+        self.guard = self.hooks.spawn(self._guard())
 
     async def feed(self, data: bytes, end: int) -> None:
         """Send ``data``, the session audio up to byte position ``end``.
@@ -207,10 +245,19 @@ class Leg:
             self.wake.set()
         if self.state is LegState.REPLAYING and end >= self.replay_end:
             self.state = LegState.LIVE
+        self.sends += 1
+        task = self.sender = asyncio.current_task()
         try:
             await self.service.send_audio(data)
         except STTError as exc:
             self._endpoint_error(exc)
+        except asyncio.CancelledError:
+            if not self.abandoned or task is None:
+                raise
+            task.uncancel()  # the leg failed meanwhile: its send is abandoned, not the caller
+        finally:
+            self.sender = None
+            self.abandoned = False
 
     async def finish(self) -> bool:
         """Stop the stream and wait for its last final; ``False`` when it failed instead."""
@@ -249,15 +296,22 @@ class Leg:
             )
         return verdict is EmptyVerdict.DELIVER
 
-    def fail(self, error: STTError) -> None:
-        """The endpoint failed: stop listening to it and tell the session (once)."""
+    def fail(self, error: STTError, *, blame: bool = True) -> None:
+        """The endpoint failed: stop listening to it, abandon a send in flight and tell the
+        session (once). ``blame=False``: the stream is given up without counting it against
+        the endpoint (a first skipped span is replayed on a fresh stream)."""
         if not self.listening:
             return
         if error.endpoint_id is None:
             error.endpoint_id = self.endpoint.id
         self.failure = error
+        self.blamed = blame
         self.state = LegState.FAILED
         self.wake.set()
+        sender = self.sender
+        if sender is not None and sender is not asyncio.current_task():
+            self.abandoned = True
+            sender.cancel()
         self.hooks.on_failure(self, error)
 
     def retire(self) -> bool:
@@ -268,6 +322,8 @@ class Leg:
         self.wake.set()
         if self.watchdog is not None:
             self.watchdog.cancel()
+        if self.guard is not None:
+            self.guard.cancel()
         self.permit.release()
         return True
 
@@ -294,9 +350,17 @@ class Leg:
         assert self.results is not None
         try:
             async for r in self.results:
-                if self.listening:
-                    self.awaiting_since = None
-                    await self.hooks.on_result(self, r)
+                if not self.listening:
+                    continue
+                heard = (self.fed - self.offset) / BYTES_PER_SECOND
+                problem = check_result(r, heard=heard, last_final_end=self.last_final_end)
+                if problem is not None:
+                    self.fail(MalformedResponse(f"insane result: {problem}"))
+                    return
+                if r.is_final:
+                    self.last_final_end = r.end
+                self.awaiting_since = None
+                await self.hooks.on_result(self, r)
         except STTError as exc:
             if caller_fault(exc):
                 await self.hooks.on_caller_error(exc)
@@ -321,6 +385,39 @@ class Leg:
                 continue
             self.fail(StreamStalled(f"no result for {timeout:g}s after speech was sent"))
             return
+
+    async def _guard(self) -> None:
+        """The send and final deadlines, checked every ``tick`` (no cost per chunk): a send
+        still in flight across a whole tick, or speech without a final ``final_timeout`` after
+        it was sent, fails the leg."""
+        settings, clock = self.settings, self.hooks.clock
+        final_timeout = settings.final_timeout
+        tick = min(settings.send_timeout / 2, final_timeout / 4)
+        marks: deque[tuple[float, int]] = deque()  # (clock time, audio fed by then)
+        seen = -1
+        while self.listening:
+            await clock.sleep(tick)
+            if not self.listening or self.state is LegState.FINISHING:
+                continue
+            if self.sender is not None and self.sends == seen:
+                self.fail(StreamStalled(f"a send blocked for over {tick:g}s"))
+                return
+            seen = self.sends
+            now = clock.now()
+            marks.append((now, self.fed))
+            due: int | None = None
+            while marks and now - marks[0][0] >= final_timeout:
+                due = marks.popleft()[1]
+            span = self.hooks.unfinalised(due) if due is not None else None
+            if span is not None:
+                lo, hi = span[0] / BYTES_PER_SECOND, span[1] / BYTES_PER_SECOND
+                self.fail(
+                    StreamStalled(
+                        f"no final for {final_timeout:g}s over speech at {lo:.2f}..{hi:.2f}s "
+                        "(interim results do not count)"
+                    )
+                )
+                return
 
 
 class LegPool:

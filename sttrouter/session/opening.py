@@ -13,9 +13,10 @@ import logging
 import random
 from collections.abc import Callable
 
-from sttrouter.clock import Clock
+from sttrouter.clock import Clock, fail_after
 from sttrouter.endpoint import STTEndpoint
 from sttrouter.errors import (
+    AudioFormatError,
     ErrorKind,
     NoEndpointAvailable,
     StreamingFailed,
@@ -25,6 +26,7 @@ from sttrouter.errors import (
 from sttrouter.events import RouteEventKind
 from sttrouter.options import StreamOptions
 from sttrouter.panel.device import Conditions
+from sttrouter.panel.router import Decision, describe
 from sttrouter.resilience import (
     AdmissionController,
     AdmissionRefused,
@@ -40,7 +42,7 @@ from sttrouter.session._replay import ReplayBuffer
 from sttrouter.session.candidates import Candidate, Standing, candidates
 from sttrouter.session.config import Decider, SessionConfig
 from sttrouter.session.ledger import UsageLedger
-from sttrouter.session.leg import Leg, LegHooks, LegSettings, open_leg, stall_timeout_for
+from sttrouter.session.leg import Leg, LegHooks, LegSettings, open_leg, timeout_option
 from sttrouter.session.timeline import Timeline
 
 __all__ = ["EndpointOpener", "EventSink"]
@@ -98,8 +100,10 @@ class EndpointOpener:
         self.unusable: dict[str, str] = {}
         self._refusals: dict[str, str] = {}
         self._refused: list[UnsupportedOption] = []
+        self.errors: dict[str, str] = {}
         self.sweeps = 0
         self.trim_floor: int | None = None
+        self._decision: object = None
         self.chain = self.decide()
 
     def begin(self, options: StreamOptions) -> None:
@@ -107,6 +111,7 @@ class EndpointOpener:
         self.options = options
         self._refusals.clear()
         self._refused.clear()
+        self.errors.clear()
         self.sweeps = 0
         self.trim_floor = None
 
@@ -121,7 +126,27 @@ class EndpointOpener:
             assert self._static is not None
             return self._static
         language = self.options.language or self._language
-        return tuple(self._router.decide(self.conditions, language, health=self._view).chain)
+        self._decision = self._router.decide(self.conditions, language, health=self._view)
+        return tuple(self._decision.chain)
+
+    def why_empty(self) -> str:
+        """Why the router's chain is empty, in words (every endpoint and why it is out)."""
+        d = self._decision
+        head = "the router found no endpoint for these conditions"
+        if not isinstance(d, Decision):
+            return head
+        c = d.conditions
+        head += (
+            f" (language {d.language or 'any'}, network {c.network.value}, "
+            f"tier {c.tier.value}, thermal {c.thermal.value})"
+        )
+        by_id = {ep.id: ep for ep in d.endpoints}
+        why = [
+            f"{v.endpoint_id}: {describe(v.reason, by_id[v.endpoint_id], d)}"
+            for v in d.verdicts
+            if v.reason is not None and v.endpoint_id in by_id
+        ]
+        return f"{head}: {'; '.join(why)}" if why else head
 
     def _standing(self) -> Standing:
         unusable = {**self.unusable, **self._refusals} if self._refusals else self.unusable
@@ -142,6 +167,35 @@ class EndpointOpener:
             include_recent_failures=retrying,
         )
 
+    def has_alternative(self, endpoint: STTEndpoint) -> bool:
+        """Another endpoint of the chain could take the stream now."""
+        return any(c.usable and c.endpoint.id != endpoint.id for c in self._walk())
+
+    def needs_probe(self, endpoint: STTEndpoint) -> bool:
+        """``endpoint`` failed (in this session, or its breaker is not closed): probe it
+        before moving a live stream back to it."""
+        breaker = self._breakers.breaker(endpoint.id)
+        return endpoint.id in self.failed_at or breaker.state is not BreakerState.CLOSED
+
+    async def probe(self, endpoint: STTEndpoint) -> bool:
+        """Probe ``endpoint`` (bills nothing) within ``connect_timeout``; a failure is recorded
+        (the endpoint waits ``retry_failed_after`` again) and ``False`` returned."""
+        timeout = self._config.connect_timeout
+        try:
+            async with fail_after(self._clock, timeout):
+                await self.build(endpoint).probe()
+        except TimeoutError:
+            reason = f"probe did not answer within {timeout:g}s"
+        except Exception as exc:  # any probe failure keeps the stream where it is
+            reason = f"probe failed: {type(exc).__name__}: {exc}"
+        else:
+            return True
+        self.failed_at[endpoint.id] = self._clock.now()
+        self._breakers.breaker(endpoint.id).record_failure(reason)
+        self._observe(endpoint.id, False, reason)
+        self._event(RouteEventKind.FAILED, endpoint.id, reason=f"{reason} (no switch-back)")
+        return False
+
     def higher_than(self, endpoint: STTEndpoint) -> STTEndpoint | None:
         """A higher-priority endpoint than ``endpoint`` that could take the stream now."""
         walk = self._walk(above=endpoint.id, with_capacity=True)
@@ -152,7 +206,7 @@ class EndpointOpener:
         ``takeover``: a failover (for the error message)."""
         attempts: list[tuple[str, str]] = []
         last: STTError | None = None
-        retrying = False
+        retrying = opened_any = False
         while True:
             if self._router is not None:
                 self.chain = self.decide()
@@ -162,6 +216,7 @@ class EndpointOpener:
                 if candidate.skip is not None:
                     attempts.append((eid, candidate.skip))
                     continue
+                opened_any = True
                 opened = await self.open(candidate.endpoint, queue=True)
                 if isinstance(opened, Leg):
                     return opened
@@ -172,7 +227,7 @@ class EndpointOpener:
             error = last or StreamingFailed("every endpoint was skipped")
             recently_failed = self._standing().recently_failed(self.chain)
             if not (tried or recently_failed) or not self._retry.should_retry(error, self.sweeps):
-                raise self._no_endpoint(attempts, takeover)
+                raise self._no_endpoint(attempts, takeover, opened_any=opened_any)
             delay = self._retry.delay_after(error, self.sweeps, self._rng)
             log.info("every endpoint failed; sweeping the chain again in %.3fs", delay)
             retrying = True
@@ -264,20 +319,32 @@ class EndpointOpener:
     def _leg_settings(self, endpoint: STTEndpoint) -> LegSettings:
         cfg = self._config
         return LegSettings(
-            stall_timeout_for(endpoint, cfg.stall_timeout),
+            timeout_option(endpoint, "stall_timeout", cfg.stall_timeout),
             cfg.finish_timeout,
             cfg.speech_dbfs,
             cfg.empty_final_limit,
+            final_timeout=timeout_option(endpoint, "final_timeout", cfg.final_deadline),
+            send_timeout=cfg.send_timeout,
         )
 
-    def _no_endpoint(self, attempts: list[tuple[str, str]], takeover: bool) -> NoEndpointAvailable:
+    def uncovered(self) -> tuple[float, float] | None:
+        """The session audio without a final (seconds), if any."""
         start, end = self._timeline.final_pos, self._buf.end
-        uncovered = (self._buf.seconds(start), self._buf.seconds(end)) if end > start else None
+        return (self._buf.seconds(start), self._buf.seconds(end)) if end > start else None
+
+    def _no_endpoint(
+        self, attempts: list[tuple[str, str]], takeover: bool, *, opened_any: bool
+    ) -> NoEndpointAvailable:
+        uncovered = self.uncovered()
+        last = dict(attempts)  # one entry per endpoint, its last reason
+        if not self.chain:
+            return NoEndpointAvailable(self.why_empty(), uncovered=uncovered)
         what = "took over the stream" if takeover else "could open a stream"
         if self._refused:
             names = sorted({f"{e.option}={e.value!r}" for e in self._refused})
             what += f" (stream option {', '.join(names)} refused)"
-        last = dict(attempts)  # one entry per endpoint, its last reason
+        elif not opened_any:
+            what = "was usable: every endpoint was skipped"
         return NoEndpointAvailable(
             f"no endpoint of the chain {what}", uncovered=uncovered, attempts=tuple(last.items())
         )
@@ -286,9 +353,15 @@ class EndpointOpener:
         """An endpoint failed this session: breaker, health, ledger and an event."""
         eid = endpoint.id
         self.failed_at[eid] = self._clock.now()
+        self.errors[eid] = f"{type(error).__name__}: {error.message}"
         self._ledger.record_failure(endpoint)
         breaker = self._breakers.breaker(eid)
-        if error.kind is ErrorKind.PERMANENT or error.kind is ErrorKind.CALLER:
+        if isinstance(error, AudioFormatError):
+            # it rejected audio the session validated: never again for this audio, but one
+            # claim does not open the breaker for every other session
+            self.unusable[eid] = error.message
+            breaker.record_failure(error.message)
+        elif error.kind is ErrorKind.PERMANENT or error.kind is ErrorKind.CALLER:
             self.unusable[eid] = error.message
             breaker.trip(error.message)
         else:

@@ -17,9 +17,15 @@ from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Any
 
-from sttrouter.clock import Clock
+from sttrouter.clock import Clock, fail_after
 from sttrouter.endpoint import Provider, STTEndpoint
-from sttrouter.errors import ConfigError, NoEndpointAvailable, STTError
+from sttrouter.errors import (
+    AudioFormatError,
+    ConfigError,
+    MalformedResponse,
+    NoEndpointAvailable,
+    STTError,
+)
 from sttrouter.events import EventListener, RouteEvent, RouteEventKind
 from sttrouter.options import OPTION_NAMES, StreamOptions
 from sttrouter.panel.device import Conditions
@@ -27,6 +33,7 @@ from sttrouter.resilience import AdmissionController, BreakerBoard, HealthView, 
 from sttrouter.results import STTResult
 from sttrouter.service import BaseSTTService, ServiceFactory
 from sttrouter.session._replay import ReplayBuffer
+from sttrouter.session.audit import Coverage, SkipVerdict
 from sttrouter.session.config import Decider, SessionConfig
 from sttrouter.session.journal import Journal
 from sttrouter.session.ledger import EndpointUsage, UsageLedger
@@ -37,6 +44,11 @@ from sttrouter.session.timeline import Timeline
 __all__ = ["RoutedSession", "StreamState"]
 
 log = logging.getLogger("sttrouter.session")
+
+_MIN_GAP = 0.1
+"""A final that starts this much (seconds) or more past the watermark is audited."""
+_MAX_SEND_SECONDS = 1.0
+"""No engine send carries more audio than this: larger chunks are split."""
 
 _PLACEHOLDER = STTEndpoint(
     id="routed", provider=Provider.FAKE, display_name="routed session (no endpoint open)"
@@ -114,8 +126,12 @@ class RoutedSession(BaseSTTService):
         self._ledger = UsageLedger()
         self.metrics.price_by(self._ledger_cost)
         self._buf = ReplayBuffer(self.config.replay_seconds)
-        self._chunk_bytes = max(2, self._buf.format.bytes_for(self.config.replay_chunk_seconds))
+        fmt = self._buf.format
+        self._chunk_bytes = max(2, fmt.bytes_for(self.config.replay_chunk_seconds))
+        self._max_send = fmt.bytes_for(_MAX_SEND_SECONDS)
+        self._min_gap = fmt.bytes_for(_MIN_GAP)
         self._timeline = Timeline()
+        self._coverage = Coverage()
         self._journal = Journal(on_event, self.clock, self._buf)
         self._endpoints = EndpointOpener(
             static=static,
@@ -134,7 +150,12 @@ class RoutedSession(BaseSTTService):
             buffer=self._buf,
             timeline=self._timeline,
             hooks=LegHooks(
-                self.clock, self._spawn, self._on_result, self._on_leg_failure, self._fail_stream
+                self.clock,
+                self._spawn,
+                self._on_result,
+                self._on_leg_failure,
+                self._fail_stream,
+                self._unfinalised,
             ),
             event=self._journal.emit,
         )
@@ -148,6 +169,9 @@ class RoutedSession(BaseSTTService):
     def _reset_stream_state(self) -> None:
         self._buf.reset()
         self._timeline.final_pos = 0
+        self._silent_until = 0
+        self._coverage.reset()
+        self._rejected_by: str | None = None
         self._endpoints.begin(self.stream_options)
         self._leg: Leg | None = None
         self._recovery: asyncio.Task[None] | None = None
@@ -183,7 +207,8 @@ class RoutedSession(BaseSTTService):
 
     @property
     def uncovered(self) -> list[tuple[float, float]]:
-        """Spans of session audio that could not be transcribed (replay-buffer overflow)."""
+        """Spans of session audio that could not be transcribed (replay-buffer overflow, or
+        speech that a final skipped when no other endpoint could replay it)."""
         return self._journal.uncovered
 
     def update_conditions(self, conditions: Conditions) -> None:
@@ -226,7 +251,7 @@ class RoutedSession(BaseSTTService):
         """Probe the first endpoint of the chain (bills nothing)."""
         chain = self._endpoints.chain
         if not chain:
-            raise NoEndpointAvailable("the router found no endpoint for these conditions")
+            raise NoEndpointAvailable(self._endpoints.why_empty())
         await self._endpoints.build(chain[0]).probe()
 
     # -- BaseSTTService hooks -------------------------------------------------------------
@@ -251,7 +276,12 @@ class RoutedSession(BaseSTTService):
         if self._stream_state is not StreamState.LIVE:
             return  # whoever owns the stream catches up with the buffer
         leg = self._leg
-        if leg is not None and leg.state is LegState.LIVE and leg.fed == before:
+        if (
+            leg is not None
+            and leg.state is LegState.LIVE
+            and leg.fed == before
+            and len(pcm) <= self._max_send
+        ):
             await leg.feed(pcm, buf.end)  # live and caught up: the common case
         elif leg is None or not leg.healthy:
             self._start_failover()  # the caller never waits for a failover
@@ -267,18 +297,32 @@ class RoutedSession(BaseSTTService):
 
     async def _finish(self) -> None:
         self._stream_state = StreamState.FINISHING
-        async with self._lock:
-            while True:
-                await self._catch_up()
-                leg = self._leg
-                assert leg is not None
-                if await leg.finish():
-                    self._breakers.breaker(leg.endpoint.id).record_success()
-                    await self._legs.close(leg)
-                    lost = self._journal.lost_audio_error()
-                    if lost is not None and self.config.raise_on_lost_audio:
-                        raise lost
-                    return
+        deadline = self.config.stop_deadline
+        try:
+            async with fail_after(self.clock, deadline), self._lock:
+                await self._finish_legs()
+        except TimeoutError:
+            await self._legs.close_all()
+            raise NoEndpointAvailable(
+                f"stop_streaming did not get the last finals within {deadline:g}s",
+                uncovered=self._endpoints.uncovered(),
+                attempts=tuple(self._endpoints.errors.items()),
+            ) from None
+        lost = self._journal.lost_audio_error()
+        if lost is not None and self.config.raise_on_lost_audio:
+            raise lost
+
+    async def _finish_legs(self) -> None:
+        """Finish the serving leg, failing over until one delivers its last finals and no
+        span with speech is left without a final (the audit at the end of the stream)."""
+        while True:
+            await self._catch_up()
+            leg = self._leg
+            assert leg is not None
+            if await leg.finish() and self._audit_gap(leg, self._buf.end):
+                self._breakers.breaker(leg.endpoint.id).record_success()
+                await self._legs.close(leg)
+                return
 
     async def _abort(self) -> None:
         self._stream_state = StreamState.FINISHING
@@ -342,6 +386,7 @@ class RoutedSession(BaseSTTService):
     async def _fail_over(self, old: Leg | None) -> None:
         if old is not None:
             self._legs.drop(old, background=self.is_streaming)
+            self._check_rejection(old)
         self._leg = None
         lost = self._timeline.lost_to_overflow(self._buf.start)
         if lost is not None:  # the buffer overflowed: that audio is gone
@@ -358,8 +403,24 @@ class RoutedSession(BaseSTTService):
             interval=self._replay_span(leg),
         )
 
+    def _check_rejection(self, old: Leg) -> None:
+        """A second endpoint rejecting audio the session validated: tell the caller."""
+        error = old.failure
+        if not isinstance(error, AudioFormatError):
+            return
+        first, self._rejected_by = self._rejected_by, self._rejected_by or old.endpoint.id
+        if first is None or first == old.endpoint.id:
+            return
+        rejected = AudioFormatError(
+            f"{first} and {old.endpoint.id} both rejected the audio: {error.message}",
+            endpoint_id=old.endpoint.id,
+        )
+        rejected.uncovered = self._endpoints.uncovered()
+        raise rejected
+
     def _on_leg_failure(self, leg: Leg, error: STTError) -> None:
-        self._endpoints.record_failure(leg.endpoint, error)
+        if leg.blamed:
+            self._endpoints.record_failure(leg.endpoint, error)
         if leg is self._leg:
             self._start_failover()
 
@@ -380,27 +441,66 @@ class RoutedSession(BaseSTTService):
             lo, hi = timeline.position(res.start), timeline.position(res.end)
             speech = self._buf.has_speech(lo, hi, self.config.speech_dbfs)
             if leg.empty_final(res, speech=speech):
-                await self._deliver_final(res)
+                await self._deliver_final(res, leg)
             return
         for withheld in leg.empty.on_text():
-            await self._deliver_final(withheld)
-        await self._deliver_final(res)
+            await self._deliver_final(withheld, leg)
+        await self._deliver_final(res, leg)
         if not leg.confirmed:
             leg.confirmed = True
             self._endpoints.record_success(leg.endpoint)
         if res.is_end_of_utterance:
             self._at_boundary(leg)
 
-    async def _deliver_final(self, result: STTResult) -> None:
-        kept = self._timeline.admit_final(result)
+    async def _deliver_final(self, result: STTResult, leg: Leg) -> None:
+        timeline = self._timeline
+        lo = timeline.final_pos
+        if not self._audit_gap(leg, timeline.position(result.start)):
+            return  # the leg gave up: the skipped span is replayed with this one
+        kept = timeline.admit_final(result)
         if kept is None:
             return  # already finalised by an earlier endpoint
+        for skip in self._coverage.settle(kept, lo, timeline.position(kept.end), leg.endpoint.id):
+            self._journal.audited((skip.lo, skip.hi), leg.endpoint.id, reported=False)
         await self._emit(kept)
         if self._timeline.advance(kept, self._buf.end):
             self._endpoints.sweeps = 0
             self._journal.final_delivered()
             pos, floor = self._timeline.final_pos, self._endpoints.trim_floor
             self._buf.trim(pos if floor is None else min(pos, floor))
+
+    # -- the coverage audit ---------------------------------------------------------------
+    def _audit_gap(self, leg: Leg, upto: int) -> bool:
+        """``leg`` delivered finals up to the watermark and next reports from ``upto`` (or
+        ended there): ``True`` when the span between has no speech or is settled; ``False``
+        when the leg was given up so that the span is replayed."""
+        lo = self._timeline.final_pos
+        if not leg.listening or upto - lo < self._min_gap or self._unfinalised(upto) is None:
+            return leg.listening
+        eid = leg.endpoint.id
+        verdict = self._coverage.on_skip(lo, upto, eid)
+        if verdict is SkipVerdict.AGREED:
+            self._journal.audited((lo, upto), eid, reported=False)
+        elif verdict is SkipVerdict.REPLAY_SAME or self._endpoints.has_alternative(leg.endpoint):
+            lo_s, hi_s = self._buf.seconds(lo), self._buf.seconds(upto)
+            error = MalformedResponse(f"no final covers the speech at {lo_s:.2f}..{hi_s:.2f}s")
+            leg.fail(error, blame=verdict is SkipVerdict.REPLAY_ELSEWHERE)
+            return False
+        else:
+            self._journal.audited((lo, upto), eid, reported=True)
+        self._timeline.final_pos = max(lo, upto)
+        return True
+
+    def _unfinalised(self, upto: int) -> tuple[int, int] | None:
+        """The span before ``upto`` with speech and no final, if any (each byte is examined
+        once: a span found silent is remembered)."""
+        lo = max(self._timeline.final_pos, self._silent_until)
+        if upto <= lo:
+            return None
+        if self._buf.has_speech(lo, upto, self.config.speech_dbfs):
+            return (self._timeline.final_pos, upto)
+        self._silent_until = upto
+        return None
 
     # -- switch-back and re-route ---------------------------------------------------------
     def _at_boundary(self, leg: Leg) -> None:
@@ -414,6 +514,9 @@ class RoutedSession(BaseSTTService):
         self._spawn(self._switch(leg, target))
 
     async def _switch(self, old: Leg, target: STTEndpoint) -> None:
+        endpoints = self._endpoints
+        if endpoints.needs_probe(target) and not await endpoints.probe(target):
+            return  # still failing: the stream stays where it is
         async with self._owning():
             if (
                 old is not self._leg
