@@ -263,3 +263,20 @@ def test_an_unreadable_file_names_the_reason(capsys: pytest.CaptureFixture[str])
     assert main(["transcribe", "/proc/self/mem"]) == 1
     err = capsys.readouterr().err
     assert "cannot read audio file '/proc/self/mem': Input/output error" in err
+
+
+def test_several_files_each_name_their_error(capsys: pytest.CaptureFixture[str]) -> None:
+    fox = str(AUDIO / "fox_16k.wav")
+    assert main(["transcribe", WATER, fox, "--language", "zh"]) == 1
+    err = capsys.readouterr().err
+    assert f"sttrouter: error: {WATER}: no endpoint can serve language 'zh'" in err
+    assert f"sttrouter: error: {fox}: no endpoint can serve language 'zh'" in err
+    assert err.rstrip().endswith("2 of 2 file(s) failed")
+
+
+def test_model_dir_pins_the_in_process_glm_endpoint(tmp_path: Path) -> None:
+    args = argparse.Namespace(config=None, endpoint=None, model_dir=str(tmp_path))
+    endpoint = pinned_endpoint(args)
+    assert endpoint is not None
+    assert endpoint.id == "glm-local"
+    assert endpoint.connection.option("model_dir") == str(tmp_path)
