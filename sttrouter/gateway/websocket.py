@@ -32,7 +32,13 @@ from typing import TYPE_CHECKING, Any
 
 from sttrouter.audio import ENGINE_FORMAT, AudioFormat
 from sttrouter.clock import fail_after
-from sttrouter.errors import AudioFormatError, ConfigError, STTError, UnsupportedOption
+from sttrouter.errors import (
+    AudioFormatError,
+    CallerError,
+    ConfigError,
+    STTError,
+    UnsupportedOption,
+)
 from sttrouter.gateway import protocol as gw
 from sttrouter.options import StreamOptions
 from sttrouter.results import STTResult
@@ -255,7 +261,7 @@ class _Session:
         service = self.server.backend(config)
         try:
             results = await service.start_streaming(fmt, options)
-        except (UnsupportedOption, ConfigError) as exc:
+        except UnsupportedOption as exc:
             await self._refuse(gw.ErrorCode.INVALID_MESSAGE, exc.message)
             return
         except AudioFormatError as exc:
@@ -361,7 +367,10 @@ class _Session:
         self.room.set()  # a frame waiting for room gives up now
         code = gw.code_for(exc)
         log.warning("session %d: backend failed (%s)", self.sid, type(exc).__name__)
-        await self._error(code, f"the engine failed: {type(exc).__name__}")
+        if isinstance(exc, CallerError):  # the backend's configuration: say what is wrong
+            await self._error(code, f"the engine is misconfigured: {exc.message}")
+        else:
+            await self._error(code, f"the engine failed: {type(exc).__name__}")
         await self.sender.close(1013 if code is gw.ErrorCode.RATE_LIMIT_EXCEEDED else 1011)
         with contextlib.suppress(Exception):
             await self.ws.close()
