@@ -11,7 +11,7 @@ from typing import TypeVar
 import anyio
 import attrs
 
-from sttrouter.errors import NoEndpointAvailable, STTError
+from sttrouter.errors import AudioFormatError, NoEndpointAvailable, STTError
 from sttrouter.events import RouteEvent
 from sttrouter.options import StreamOptions
 from sttrouter.results import STTResult
@@ -131,6 +131,30 @@ def check_coverage(speech: SyntheticSpeech, run: Run, chain: Sequence[str] = ())
         for a, b in itertools.pairwise(finals):
             assert abs(b.start - a.end) < 1e-3, (a, b)
         assert abs(finals[-1].end - speech.duration) < 1e-3
+
+
+def check_words(speech: SyntheticSpeech, run: Run, reported: Sequence[tuple[float, float]]) -> None:
+    """Every word of ``speech`` appears in exactly one final at its true time, or lies inside a
+    reported interval (``reported``, or from the error's ``uncovered`` on to the end); no word
+    is ever duplicated, and finals never overlap."""
+    finals = run.finals
+    for a, b in itertools.pairwise(finals):
+        assert b.start >= a.end - EPS, f"finals overlap: {a} / {b}"
+    spans = list(reported)
+    if run.error is not None:
+        assert isinstance(run.error, NoEndpointAvailable | AudioFormatError), repr(run.error)
+        uncovered = getattr(run.error, "uncovered", None)
+        spans.append((uncovered[0] if uncovered is not None else 0.0, float("inf")))
+    counts = Counter(w.word for r in finals for w in r.words)
+    timed = {w.word: (w.start, w.end) for r in finals for w in r.words}
+    for word, start, end in speech.words:
+        assert counts[word] <= 1, f"{word} ({start:.2f}..{end:.2f}) appears {counts[word]}x"
+        if counts[word] == 1:
+            assert abs(timed[word][0] - start) < EPS
+            assert abs(timed[word][1] - end) < EPS
+            continue
+        inside = any(lo - EPS <= start and end <= hi + EPS for lo, hi in spans)
+        assert inside, f"{word} ({start:.2f}..{end:.2f}) has no final and no report: {spans}"
 
 
 def fakes(clock: FakeClock, *services: FakeSTTService) -> Callable[[object], FakeSTTService]:

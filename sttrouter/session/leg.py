@@ -459,15 +459,20 @@ class LegPool:
         self.retire(leg)
         if leg.service.is_streaming and background:
             self._closing.append(leg.service)
-            self._spawn(quietly_cancel(leg.service))
+            self._spawn(self._close_dropped(leg.service))
+
+    async def _close_dropped(self, service: STTService) -> None:
+        # a factory may hand the same instance to the next leg, which closed the old stream
+        # itself before opening its own: that one must not be cancelled from here
+        if service.is_streaming and not any(leg.service is service for leg in self._open):
+            await quietly_cancel(service)
 
     async def close_all(self) -> None:
         for leg in list(self._open):
             await self.close(leg)
         closing, self._closing = self._closing, []
         for service in closing:
-            if service.is_streaming:
-                await quietly_cancel(service)
+            await self._close_dropped(service)
 
 
 @attrs.frozen
