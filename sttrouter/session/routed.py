@@ -22,7 +22,6 @@ from sttrouter.endpoint import Provider, STTEndpoint
 from sttrouter.errors import (
     AudioFormatError,
     ConfigError,
-    MalformedResponse,
     NoEndpointAvailable,
     STTError,
 )
@@ -30,11 +29,10 @@ from sttrouter.events import EventListener, RouteEvent, RouteEventKind
 from sttrouter.options import OPTION_NAMES, StreamOptions
 from sttrouter.panel.device import Conditions
 from sttrouter.resilience import AdmissionController, BreakerBoard, HealthView, RetryPolicy
-from sttrouter.results import STTResult
 from sttrouter.service import BaseSTTService, ServiceFactory
 from sttrouter.session._replay import ReplayBuffer
-from sttrouter.session.audit import Coverage, SkipVerdict
 from sttrouter.session.config import Decider, SessionConfig
+from sttrouter.session.delivery import ResultPath
 from sttrouter.session.journal import Journal
 from sttrouter.session.ledger import EndpointUsage, UsageLedger
 from sttrouter.session.leg import Leg, LegHooks, LegPool, LegState
@@ -45,8 +43,6 @@ __all__ = ["RoutedSession", "StreamState"]
 
 log = logging.getLogger("sttrouter.session")
 
-_MIN_GAP = 0.1
-"""A final that starts this much (seconds) or more past the watermark is audited."""
 _MAX_SEND_SECONDS = 1.0
 """No engine send carries more audio than this: larger chunks are split."""
 
@@ -129,10 +125,11 @@ class RoutedSession(BaseSTTService):
         fmt = self._buf.format
         self._chunk_bytes = max(2, fmt.bytes_for(self.config.replay_chunk_seconds))
         self._max_send = fmt.bytes_for(_MAX_SEND_SECONDS)
-        self._min_gap = fmt.bytes_for(_MIN_GAP)
         self._timeline = Timeline()
-        self._coverage = Coverage()
         self._journal = Journal(on_event, self.clock, self._buf)
+        self._results = ResultPath(
+            self._timeline, self._buf, self._journal, self.config, self._emit, self._at_boundary
+        )
         self._endpoints = EndpointOpener(
             static=static,
             router=router,
@@ -152,13 +149,14 @@ class RoutedSession(BaseSTTService):
             hooks=LegHooks(
                 self.clock,
                 self._spawn,
-                self._on_result,
+                self._results.on_result,
                 self._on_leg_failure,
                 self._fail_stream,
-                self._unfinalised,
+                self._results.unfinalised,
             ),
             event=self._journal.emit,
         )
+        self._results.endpoints = self._endpoints
         if self._endpoints.chain:
             self.endpoint = self._endpoints.chain[0]
         self._lock = asyncio.Lock()
@@ -169,8 +167,7 @@ class RoutedSession(BaseSTTService):
     def _reset_stream_state(self) -> None:
         self._buf.reset()
         self._timeline.final_pos = 0
-        self._silent_until = 0
-        self._coverage.reset()
+        self._results.reset()
         self._rejected_by: str | None = None
         self._endpoints.begin(self.stream_options)
         self._leg: Leg | None = None
@@ -319,7 +316,7 @@ class RoutedSession(BaseSTTService):
             await self._catch_up()
             leg = self._leg
             assert leg is not None
-            if await leg.finish() and self._audit_gap(leg, self._buf.end):
+            if await leg.finish() and self._results.audit_gap(leg, self._buf.end):
                 self._breakers.breaker(leg.endpoint.id).record_success()
                 await self._legs.close(leg)
                 return
@@ -428,79 +425,6 @@ class RoutedSession(BaseSTTService):
         """End the caller's stream with ``error`` (a caller error, or nothing left to serve)."""
         await self._legs.close_all()
         self._fail(error)
-
-    # -- results --------------------------------------------------------------------------
-    async def _on_result(self, leg: Leg, result: STTResult) -> None:
-        timeline = self._timeline
-        res = timeline.place(result, leg.offset)
-        if not res.is_final:
-            if timeline.shows_interim(res):
-                await self._emit(res)
-            return
-        if not res.transcript.strip():
-            lo, hi = timeline.position(res.start), timeline.position(res.end)
-            speech = self._buf.has_speech(lo, hi, self.config.speech_dbfs)
-            if leg.empty_final(res, speech=speech):
-                await self._deliver_final(res, leg)
-            return
-        for withheld in leg.empty.on_text():
-            await self._deliver_final(withheld, leg)
-        await self._deliver_final(res, leg)
-        if not leg.confirmed:
-            leg.confirmed = True
-            self._endpoints.record_success(leg.endpoint)
-        if res.is_end_of_utterance:
-            self._at_boundary(leg)
-
-    async def _deliver_final(self, result: STTResult, leg: Leg) -> None:
-        timeline = self._timeline
-        lo = timeline.final_pos
-        if not self._audit_gap(leg, timeline.position(result.start)):
-            return  # the leg gave up: the skipped span is replayed with this one
-        kept = timeline.admit_final(result)
-        if kept is None:
-            return  # already finalised by an earlier endpoint
-        for skip in self._coverage.settle(kept, lo, timeline.position(kept.end), leg.endpoint.id):
-            self._journal.audited((skip.lo, skip.hi), leg.endpoint.id, reported=False)
-        await self._emit(kept)
-        if self._timeline.advance(kept, self._buf.end):
-            self._endpoints.sweeps = 0
-            self._journal.final_delivered()
-            pos, floor = self._timeline.final_pos, self._endpoints.trim_floor
-            self._buf.trim(pos if floor is None else min(pos, floor))
-
-    # -- the coverage audit ---------------------------------------------------------------
-    def _audit_gap(self, leg: Leg, upto: int) -> bool:
-        """``leg`` delivered finals up to the watermark and next reports from ``upto`` (or
-        ended there): ``True`` when the span between has no speech or is settled; ``False``
-        when the leg was given up so that the span is replayed."""
-        lo = self._timeline.final_pos
-        if not leg.listening or upto - lo < self._min_gap or self._unfinalised(upto) is None:
-            return leg.listening
-        eid = leg.endpoint.id
-        verdict = self._coverage.on_skip(lo, upto, eid)
-        if verdict is SkipVerdict.AGREED:
-            self._journal.audited((lo, upto), eid, reported=False)
-        elif verdict is SkipVerdict.REPLAY_SAME or self._endpoints.has_alternative(leg.endpoint):
-            lo_s, hi_s = self._buf.seconds(lo), self._buf.seconds(upto)
-            error = MalformedResponse(f"no final covers the speech at {lo_s:.2f}..{hi_s:.2f}s")
-            leg.fail(error, blame=verdict is SkipVerdict.REPLAY_ELSEWHERE)
-            return False
-        else:
-            self._journal.audited((lo, upto), eid, reported=True)
-        self._timeline.final_pos = max(lo, upto)
-        return True
-
-    def _unfinalised(self, upto: int) -> tuple[int, int] | None:
-        """The span before ``upto`` with speech and no final, if any (each byte is examined
-        once: a span found silent is remembered)."""
-        lo = max(self._timeline.final_pos, self._silent_until)
-        if upto <= lo:
-            return None
-        if self._buf.has_speech(lo, upto, self.config.speech_dbfs):
-            return (self._timeline.final_pos, upto)
-        self._silent_until = upto
-        return None
 
     # -- switch-back and re-route ---------------------------------------------------------
     def _at_boundary(self, leg: Leg) -> None:
