@@ -536,6 +536,6 @@ def render_chart(report: EvalReport, path: str | Path) -> Path:
         MissingDependency: matplotlib is not installed (extra ``eval``).
     """
     require_chart_library()
-    from sttrouter._eval_chart import draw
+    from sttrouter.evaluate._chart import draw
 
     return draw(report, path)
