@@ -7,6 +7,7 @@ from sttrouter._builtin_endpoints import assemblyai_endpoint, deepgram_endpoint,
 from sttrouter.audio import ENGINE_FORMAT, AudioConverter, AudioFormat, Encoding, read_audio
 from sttrouter.clock import Clock, SystemClock
 from sttrouter.context import RoutingContext
+from sttrouter.convenience import transcribe_file
 from sttrouter.endpoint import ConnectionConfig, Location, Provider, STTEndpoint
 from sttrouter.errors import (
     AlreadyStreaming,
@@ -112,4 +113,5 @@ __all__ = [
     "offline_endpoint",
     "read_audio",
     "register_provider",
+    "transcribe_file",
 ]

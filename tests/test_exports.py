@@ -28,6 +28,7 @@ from sttrouter.panel import Conditions
 
 # Adding or removing a name of the application API is a decision: make it here, on purpose.
 PUBLIC_API = [
+    "transcribe_file",
     "ENGINE_FORMAT",
     "AlreadyStreaming",
     "AudioConverter",

@@ -65,7 +65,7 @@ class AppleDevice:
         identifier: the ``utsname.machine`` string, e.g. ``"iPhone18,2"``.
         model: marketing name.
         ram_gb: installed RAM.
-        tier: the tier the seed assigns to it.
+        tier: the tier the UnaMentis design assigns to it.
     """
 
     identifier: str
@@ -78,7 +78,7 @@ APPLE_DEVICES: Mapping[str, AppleDevice] = MappingProxyType(
     {
         d.identifier: d
         for d in (
-            # The seed's §6 table (identifiers of the iPhone 17 family were "projected" there;
+            # UnaMentis' device table (its iPhone 17 identifiers were projected before release;
             # these are the shipped ones).
             AppleDevice("iPhone18,1", "iPhone 17 Pro", 12, DeviceTier.ULTRA),
             AppleDevice("iPhone18,2", "iPhone 17 Pro Max", 12, DeviceTier.ULTRA),
@@ -92,7 +92,7 @@ APPLE_DEVICES: Mapping[str, AppleDevice] = MappingProxyType(
     }
 )
 """Known Apple identifiers. ``proMax`` is the 8 GB Pro Max line, ``proStandard`` the 6-8 GB Pro
-line from the 14 Pro on (seed §6.4)."""
+line from the 14 Pro on, as UnaMentis classes them."""
 
 
 def tier_for_memory(ram_gb: float | None) -> DeviceTier:
@@ -119,7 +119,7 @@ def tier_for_apple_device(identifier: str, ram_gb: float | None = None) -> Devic
     Rules, in order:
 
     * A known identifier (:data:`APPLE_DEVICES`) gets its table tier; when ``ram_gb`` is given
-      and lower than that tier needs, the tier drops to what the memory allows (the seed's
+      and lower than that tier needs, the tier drops to what the memory allows (UnaMentis'
       ``identifier in ultraTierIdentifiers && ramGB >= 12`` check, generalised).
     * Any other identifier (a future iPhone, an iPad, a Mac, the simulator's ``"arm64"``, or
       garbage) is never an error: it is classed by memory alone (:func:`tier_for_memory`), and

@@ -300,9 +300,9 @@ def _rule_from_dict(item: Any, index: int, source: str, seen: set[str]) -> Rule:
 
 
 DEFAULT_POLICY_TOML = """\
-# The default policy: the seed's selectSTTService() with its holes fixed.
+# The default policy: UnaMentis' selectSTTService() with its holes fixed.
 #
-#   seed (UnaMentis, GLM-ASR guide §5.3), first match wins:
+#   UnaMentis' GLM-ASR integration plan, first match wins:
 #     (ultra, _, nominal)      -> on-device GLM
 #     (ultra, _, serious)      -> GLM server
 #     (pro_max, connected, _)  -> GLM server
@@ -375,6 +375,6 @@ prefer = ["provider:deepgram", "provider:glm_server", "location:cloud"]
 
 
 def default_policy() -> Policy:
-    """The seed's ``selectSTTService()`` as data, holes fixed (:data:`DEFAULT_POLICY_TOML`)."""
+    """UnaMentis' ``selectSTTService()`` as data, holes fixed (:data:`DEFAULT_POLICY_TOML`)."""
     policy = Policy.from_dict(tomllib.loads(DEFAULT_POLICY_TOML), source="<default policy>")
     return attrs.evolve(policy, name="default")
