@@ -182,3 +182,23 @@ def test_transcript_round_trip_property(
 ) -> None:
     msg = gw.Transcript(text, final, conf, start, dur)
     assert gw.parse_server(gw.serialize(msg)) == msg
+
+
+def test_start_negotiates_audio_and_pong_echoes_the_timestamp_exactly() -> None:
+    plain = gw.serialize(gw.Start())
+    assert "sample_rate" not in plain  # UnaMentis' own start shape
+    cfg = gw.StreamConfig(sample_rate=48000, channels=2, encoding="pcm_f32le")
+    assert gw.parse_client(gw.serialize(gw.Start(cfg))) == gw.Start(cfg)
+    aliased = gw.parse_client('{"type":"start","config":{"encoding":"LINEAR16"}}')
+    assert isinstance(aliased, gw.Start)
+    assert aliased.config.encoding == "pcm_s16le"
+    for bad in ('{"sample_rate": 100}', '{"channels": true}', '{"encoding": "opus"}'):
+        with pytest.raises(gw.ProtocolError) as info:
+            gw.parse_client(f'{{"type":"start","config":{bad}}}')
+        assert info.value.code is gw.ErrorCode.AUDIO_FORMAT_ERROR
+        assert info.value.message_type == "start"
+    ping = gw.parse_client('{"type":"ping","timestamp":1700000000123}')
+    assert ping == gw.Ping(1700000000123)
+    assert '"timestamp":1700000000123' in str(gw.serialize(gw.Pong(1700000000123, 1.5)))
+    assert "timestamp" not in str(gw.serialize(gw.Pong(None, 1.5)))
+    assert gw.parse_server(gw.serialize(gw.Pong(None, 1.5))) == gw.Pong(None, 1.5)

@@ -303,13 +303,20 @@ ServerMessage = Transcript | Pong | ErrorMessage
 
 
 # -- serialise -------------------------------------------------------------------------------
+_AUDIO_DEFAULTS: Final = {"sample_rate": SAMPLE_RATE, "channels": 1, "encoding": "pcm_s16le"}
+
+
 def serialize(message: ClientMessage | ServerMessage) -> str | bytes:
     """The wire form: ``bytes`` for audio, JSON text for everything else."""
     if isinstance(message, Audio):
         return message.pcm
     body: dict[str, Any]
     if isinstance(message, Start):
-        body = {"type": "start", "config": attrs.asdict(message.config)}
+        config = attrs.asdict(message.config)
+        for key, default in _AUDIO_DEFAULTS.items():  # UnaMentis' own start has none of them
+            if config[key] == default:
+                del config[key]
+        body = {"type": "start", "config": config}
     elif isinstance(message, End):
         body = {"type": "end"}
     elif isinstance(message, Ping):
