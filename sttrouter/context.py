@@ -31,7 +31,7 @@ from sttrouter.panel.router import Decision, Router
 from sttrouter.resilience import HealthConfig, HealthMonitor, RetryPolicy, service_probe
 from sttrouter.service import ServiceFactory, STTService
 from sttrouter.session import RoutedSession, SessionConfig
-from sttrouter.state import InMemoryState, StateStore
+from sttrouter.state import InMemoryState, StateStore, store_from_config
 
 __all__ = ["RoutingContext"]
 
@@ -104,11 +104,16 @@ class RoutingContext:
         on_event: EventListener | None = None,
     ) -> Self:
         """A context over the registry TOML file at ``path``; ``policy`` may be a
-        :class:`~sttrouter.Policy` or the path of a policy TOML file."""
+        :class:`~sttrouter.Policy` or the path of a policy TOML file. The file's ``[state]``
+        table, when it has one, chooses the state store (``url_env`` names the environment
+        variable that holds the Redis URL); ``state=`` overrides it."""
         if policy is not None and not isinstance(policy, Policy):
             policy = Policy.load(policy)
+        registry = EndpointRegistry.load(path)
+        if state is None and registry.state:
+            state = store_from_config(registry.state, clock=clock, source=registry.source)
         return cls(
-            EndpointRegistry.load(path),
+            registry,
             policy=policy,
             clock=clock,
             state=state,
@@ -179,15 +184,22 @@ class RoutingContext:
             {ep.id: service_probe(ep, self.service_factory) for ep in self.registry},
             config=config,
             clock=self.clock,
+            on_change=self.state.health_changed,
         )
         self.state.health.add(mon)
         return mon
+
+    async def start(self) -> None:
+        """Connect the state store and load what the fleet already knows (a no-op in memory;
+        bounded by the store's deadline when its server is down)."""
+        await self.state.start()
 
     async def aclose(self) -> None:
         """Release the state store (a no-op in memory)."""
         await self.state.aclose()
 
     async def __aenter__(self) -> Self:
+        await self.start()
         return self
 
     async def __aexit__(self, *_exc: object) -> None:

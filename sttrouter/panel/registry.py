@@ -290,6 +290,9 @@ class EndpointRegistry:
         self._endpoints: dict[str, STTEndpoint] = {}
         self.source = source
         self.version = 0
+        self.state: dict[str, Any] = {}
+        """The file's ``[state]`` table (where routing state is shared), read by the state
+        layer; empty for in-memory state."""
         for ep in endpoints:
             self.register(ep)
 
@@ -345,7 +348,7 @@ class EndpointRegistry:
         if not isinstance(data, Mapping):
             raise ConfigError(f"expected a table, got {type(data).__name__}", source=source)
         for key in data:
-            if key != "endpoint":
+            if key not in ("endpoint", "state"):
                 if key == "endpoints":
                     raise ConfigError(
                         "write each endpoint as an [[endpoint]] table (singular)",
@@ -353,7 +356,8 @@ class EndpointRegistry:
                         field=key,
                     )
                 raise ConfigError(
-                    "unknown top-level key; a registry file holds only [[endpoint]] tables",
+                    "unknown top-level key; a registry file holds only [[endpoint]] tables and "
+                    "an optional [state] table",
                     source=source,
                     field=key,
                 )
@@ -367,6 +371,10 @@ class EndpointRegistry:
         reg = cls(source=source)
         for item in items:
             reg.register(endpoint_from_dict(item, source=source))
+        state = data.get("state", {})
+        if not isinstance(state, Mapping):
+            raise ConfigError("[state] must be a table", source=source, field="state")
+        reg.state = dict(state)
         return reg
 
     @classmethod
@@ -376,7 +384,11 @@ class EndpointRegistry:
         return cls.from_dict(data, source=source)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"endpoint": [endpoint_to_dict(ep) for ep in self._endpoints.values()]}
+        out: dict[str, Any] = {}
+        if self.state:
+            out["state"] = dict(self.state)
+        out["endpoint"] = [endpoint_to_dict(ep) for ep in self._endpoints.values()]
+        return out
 
     def dumps(self) -> str:
         """The registry as TOML text (never contains a key: only ``api_key_env`` names)."""

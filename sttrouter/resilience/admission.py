@@ -39,7 +39,7 @@ class Permit:
             return
         self.released = True
         if self._controller is not None:
-            self._controller._release(self.endpoint_id)
+            self._controller._release_permit(self)
 
     def __enter__(self) -> Permit:
         return self
@@ -127,6 +127,11 @@ class AdmissionController:
         slot.in_use += 1
         return Permit(self, endpoint.id)
 
+    async def try_acquire_async(self, endpoint: STTEndpoint) -> Permit | None:
+        """Like :meth:`try_acquire`; a controller shared between processes claims the slot
+        where the limit is held (a bounded wait on that store, never on the queue)."""
+        return self.try_acquire(endpoint)
+
     async def acquire(self, endpoint: STTEndpoint, *, max_wait: float | None = None) -> Permit:
         """A permit, waiting in the endpoint's queue if it is full.
 
@@ -173,6 +178,9 @@ class AdmissionController:
                 fut.cancel()
             _remove(slot.waiters, fut)
         return Permit(self, endpoint.id)
+
+    def _release_permit(self, permit: Permit) -> None:
+        self._release(permit.endpoint_id)
 
     def _release(self, endpoint_id: str) -> None:
         slot = self._slots[endpoint_id]

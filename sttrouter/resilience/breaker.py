@@ -108,6 +108,11 @@ class CircuitBreaker:
         self._opened_at = 0.0
         self._trial = False
         self.last_reason: str | None = None
+        self.permanent = False
+        """Whether the breaker was last opened by a permanent error (:meth:`trip`)."""
+        self.trial_gate: Callable[[str], bool] | None = None
+        """Asked ``trial_gate(endpoint_id)`` before a half-open trial is taken: a store shared
+        between processes answers whether this process owns the endpoint's one trial."""
 
     def __repr__(self) -> str:
         return f"CircuitBreaker({self.endpoint_id!r}, state={self.state.value})"
@@ -128,20 +133,54 @@ class CircuitBreaker:
         self._expire(self.clock.now())
         return len(self._failures)
 
+    @property
+    def remaining(self) -> float:
+        """Seconds of cool-down left while open (0 otherwise)."""
+        if self.state is not BreakerState.OPEN:
+            return 0.0
+        return max(0.0, self.config.cool_down - (self.clock.now() - self._opened_at))
+
     def is_available(self) -> bool:
         """Whether :meth:`try_acquire` would succeed now (does not take the trial)."""
         state = self.state
-        return state is BreakerState.CLOSED or (state is BreakerState.HALF_OPEN and not self._trial)
+        return state is BreakerState.CLOSED or (
+            state is BreakerState.HALF_OPEN and not self._trial and self._gate()
+        )
 
     def try_acquire(self) -> bool:
         """Ask to use the endpoint. In ``HALF_OPEN`` this takes the one trial."""
         state = self.state
         if state is BreakerState.CLOSED:
             return True
-        if state is BreakerState.HALF_OPEN and not self._trial:
+        if state is BreakerState.HALF_OPEN and not self._trial and self._gate():
             self._trial = True
             return True
         return False
+
+    def apply(
+        self,
+        state: BreakerState,
+        *,
+        reason: str = "",
+        remaining: float = 0.0,
+        permanent: bool = False,
+    ) -> None:
+        """Take a state another process decided: ``OPEN`` with ``remaining`` seconds of
+        cool-down left (and its reason), or ``CLOSED``. Listeners hear the change as usual; the
+        failure listener does not (the failure was recorded where it happened)."""
+        self._trial = False
+        self._failures.clear()
+        if state is BreakerState.OPEN:
+            self.last_reason = reason or self.last_reason
+            self.permanent = permanent
+            self._opened_at = self.clock.now() - max(0.0, self.config.cool_down - remaining)
+            self._set(BreakerState.OPEN)
+        elif state is BreakerState.CLOSED:
+            self.permanent = False
+            self._set(BreakerState.CLOSED)
+
+    def _gate(self) -> bool:
+        return self.trial_gate is None or self.trial_gate(self.endpoint_id)
 
     def release(self) -> None:
         """Give back a half-open trial without a verdict (the caller went away)."""
@@ -163,6 +202,7 @@ class CircuitBreaker:
         state = self.state
         self._trial = False
         if state is BreakerState.HALF_OPEN:
+            self.permanent = False
             self._open(now)
             return
         if state is BreakerState.OPEN:
@@ -170,6 +210,7 @@ class CircuitBreaker:
         self._expire(now)
         self._failures.append(now)
         if len(self._failures) >= self.config.failure_threshold:
+            self.permanent = False
             self._open(now)
 
     def trip(self, reason: str = "") -> None:
@@ -178,12 +219,14 @@ class CircuitBreaker:
         if self._on_failure is not None:
             self._on_failure(self.endpoint_id, reason, True)
         self._trial = False
+        self.permanent = True
         self._open(self.clock.now())
 
     def reset(self) -> None:
         """Close and forget every failure (after the endpoint's config was fixed)."""
         self._failures.clear()
         self._trial = False
+        self.permanent = False
         self._set(BreakerState.CLOSED)
 
     # -- internals ----------------------------------------------------------------------
@@ -240,6 +283,8 @@ class BreakerBoard:
         self._on_change = on_change
         self._on_failure = on_failure
         self._breakers: dict[str, CircuitBreaker] = {}
+        self.trial_gate: Callable[[str], bool] | None = None
+        """Given to every breaker (see :attr:`CircuitBreaker.trial_gate`)."""
 
     def breaker(self, endpoint_id: str) -> CircuitBreaker:
         b = self._breakers.get(endpoint_id)
@@ -251,6 +296,7 @@ class BreakerBoard:
                 on_change=self._on_change,
                 on_failure=self._on_failure,
             )
+            b.trial_gate = self.trial_gate
             self._breakers[endpoint_id] = b
         return b
 

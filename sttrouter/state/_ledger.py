@@ -68,6 +68,10 @@ class FailureLedger:
             self.on_record(rec)
         return rec
 
+    def apply(self, record: FailureRecord) -> None:
+        """Take a record another process made (``on_record`` is not called)."""
+        self._records[record.endpoint_id] = record
+
     def succeeded(self, endpoint_id: str) -> None:
         """The endpoint worked again: it is no longer unusable and its count starts over (the
         time and message of its last failure stay on record)."""

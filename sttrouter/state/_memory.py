@@ -11,11 +11,13 @@ from sttrouter.resilience import (
     BreakerBoard,
     BreakerConfig,
     BreakerState,
+    HealthStatus,
     HealthView,
     HealthViews,
 )
 from sttrouter.resilience.breaker import StateListener
 from sttrouter.state._ledger import FailureLedger
+from sttrouter.state._usage import UsageCounters
 
 __all__ = ["InMemoryState"]
 
@@ -57,11 +59,15 @@ class InMemoryState:
             on_change=self._breaker_changed,
             on_failure=self._breaker_failed,
         )
-        self._admission = AdmissionController(
-            clock=self._clock, queue_limit=queue_limit, queue_timeout=queue_timeout
-        )
+        self._admission = self._make_admission(queue_limit, queue_timeout)
+        self._usage = UsageCounters()
         self._health = HealthViews(health)
         self._view = HealthViews([self._breakers, self._health])
+
+    def _make_admission(self, queue_limit: int, queue_timeout: float) -> AdmissionController:
+        return AdmissionController(
+            clock=self._clock, queue_limit=queue_limit, queue_timeout=queue_timeout
+        )
 
     @property
     def clock(self) -> Clock:
@@ -86,6 +92,21 @@ class InMemoryState:
     @property
     def view(self) -> HealthView:
         return self._view
+
+    @property
+    def usage(self) -> UsageCounters:
+        return self._usage
+
+    def health_changed(self, endpoint_id: str, old: HealthStatus, new: HealthStatus) -> None:
+        """A health monitor of this process saw ``endpoint_id`` change (nothing to share in
+        memory)."""
+
+    def status(self) -> dict[str, Any]:
+        """How the store itself is doing: in memory it always is."""
+        return {"store": "memory", "ok": True}
+
+    async def start(self) -> None:
+        """Nothing to connect to in memory."""
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Endpoint id → ``breaker`` state, ``available``, ``in_use`` and ``waiting`` streams,

@@ -5,8 +5,15 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from sttrouter.clock import Clock
-from sttrouter.resilience import AdmissionController, BreakerBoard, HealthView, HealthViews
+from sttrouter.resilience import (
+    AdmissionController,
+    BreakerBoard,
+    HealthStatus,
+    HealthView,
+    HealthViews,
+)
 from sttrouter.state._ledger import FailureLedger
+from sttrouter.state._usage import UsageCounters
 
 __all__ = ["StateStore"]
 
@@ -55,8 +62,29 @@ class StateStore(Protocol):
         """Breakers and health together: the view routing decisions ask."""
         ...
 
+    @property
+    def usage(self) -> UsageCounters:
+        """Audio seconds, sessions and cost per endpoint."""
+        ...
+
+    def health_changed(self, endpoint_id: str, old: HealthStatus, new: HealthStatus) -> None:
+        """A health monitor of this process saw ``endpoint_id`` change status (a shared store
+        tells the other processes)."""
+        ...
+
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Endpoint id → what the store knows about it, JSON-ready."""
+        ...
+
+    def status(self) -> dict[str, Any]:
+        """How the store itself is doing, JSON-ready: ``ok`` is false while a shared store
+        cannot reach its server (routing goes on from the local view); for readiness checks
+        and metrics."""
+        ...
+
+    async def start(self) -> None:
+        """Connect and load what is already known (a no-op in memory); returns within the
+        store's deadline even when its server is down."""
         ...
 
     async def aclose(self) -> None:

@@ -1,0 +1,90 @@
+"""One replica of a fleet sharing routing state through Redis, as a real process.
+
+``python redis_replica.py URL LEASE_TTL`` builds a :class:`~sttrouter.state.RedisState` and
+answers one JSON line per command line on stdin:
+
+- ``trip EID`` — open EID's breaker here (a rejected key);
+- ``state EID`` — EID's breaker state in this replica's local view;
+- ``wait_open EID`` — block until EID's breaker reads open here (bounded: 10 s); answers the
+  seconds since ``time.time()`` value given as a third word, e.g. ``wait_open a 1700000000.1``;
+- ``hold EID LIMIT N`` — try N leases at once without waiting; answers how many were admitted;
+- ``acquire EID LIMIT MAX_WAIT`` — wait up to MAX_WAIT s for one lease; answers admitted or not;
+- ``release`` — give back every held lease;
+- ``status`` — the store's status.
+
+Used by the multi-process tests and ``benchmarks/shared_state.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+
+from sttrouter.endpoint import STTEndpoint
+from sttrouter.resilience import AdmissionRefused, BreakerConfig, BreakerState, Permit
+from sttrouter.state import RedisSettings, RedisState
+from sttrouter.testing import fake_endpoint
+
+
+def _endpoint(eid: str, limit: int) -> STTEndpoint:
+    return fake_endpoint(eid, max_concurrent_sessions=limit)
+
+
+async def _serve(url: str, lease_ttl: float) -> None:
+    settings = RedisSettings(lease_ttl=lease_ttl, poll_interval=0.02, replicas=4)
+    state = RedisState.from_url(
+        url, settings=settings, breaker_config=BreakerConfig(cool_down=60), queue_limit=64
+    )
+    await state.start()
+    held: list[Permit] = []
+    loop = asyncio.get_running_loop()
+    print(json.dumps({"ready": True}), flush=True)
+    while True:
+        line = await loop.run_in_executor(None, sys.stdin.readline)
+        if not line:
+            break
+        cmd, *args = line.split()
+        out: object
+        if cmd == "trip":
+            state.breakers.breaker(args[0]).trip("key rejected")
+            out = "ok"
+        elif cmd == "state":
+            out = state.breakers.breaker(args[0]).state.value
+        elif cmd == "wait_open":
+            b = state.breakers.breaker(args[0])
+            limit = time.monotonic() + 10
+            while b.state is not BreakerState.OPEN and time.monotonic() < limit:  # noqa: ASYNC110
+                await asyncio.sleep(0.0005)  # a bounded poll of the local view
+            out = time.time() - float(args[1])
+        elif cmd == "hold":
+            ep = _endpoint(args[0], int(args[1]))
+            got = await asyncio.gather(
+                *(state.admission.try_acquire_async(ep) for _ in range(int(args[2])))
+            )
+            permits = [p for p in got if p is not None]
+            held.extend(permits)
+            out = len(permits)
+        elif cmd == "acquire":
+            ep = _endpoint(args[0], int(args[1]))
+            try:
+                held.append(await state.admission.acquire(ep, max_wait=float(args[2])))
+                out = True
+            except AdmissionRefused:
+                out = False
+        elif cmd == "release":
+            for p in held:
+                p.release()
+            out = len(held)
+            held.clear()
+        elif cmd == "status":
+            out = state.status()
+        else:
+            out = f"unknown command {cmd}"
+        print(json.dumps(out), flush=True)
+    await state.aclose()
+
+
+if __name__ == "__main__":
+    asyncio.run(_serve(sys.argv[1], float(sys.argv[2])))
