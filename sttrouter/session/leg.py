@@ -63,6 +63,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("sttrouter.session")
+_current_task = asyncio.current_task
 _DEFAULT_OPTIONS = StreamOptions()
 
 
@@ -155,13 +156,13 @@ class Leg:
         "guard",
         "hooks",
         "last_final_end",
+        "loop",
         "offset",
         "permit",
         "reader",
         "replay_end",
         "results",
         "sender",
-        "sends",
         "service",
         "settings",
         "state",
@@ -192,7 +193,7 @@ class Leg:
         self.blamed = True
         self.last_final_end: float | None = None
         self.sender: asyncio.Task[Any] | None = None
-        self.sends = 0
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.abandoned = False
         self.confirmed = False
         self.awaiting_since: float | None = None
@@ -230,6 +231,7 @@ class Leg:
         ``replay_end`` (what the buffer held when it opened) is replayed."""
         self.results = results
         self.replay_end = replay_end
+        self.loop = asyncio.get_running_loop()
         self.state = LegState.REPLAYING if self.fed < self.replay_end else LegState.LIVE
         self.reader = self.hooks.spawn(self._read())
         self.watchdog = self.hooks.spawn(self._watch())
@@ -245,8 +247,7 @@ class Leg:
             self.wake.set()
         if self.state is LegState.REPLAYING and end >= self.replay_end:
             self.state = LegState.LIVE
-        self.sends += 1
-        task = self.sender = asyncio.current_task()
+        task = self.sender = _current_task(self.loop)
         try:
             await self.service.send_audio(data)
         except STTError as exc:
@@ -254,10 +255,10 @@ class Leg:
         except asyncio.CancelledError:
             if not self.abandoned or task is None:
                 raise
+            self.abandoned = False
             task.uncancel()  # the leg failed meanwhile: its send is abandoned, not the caller
         finally:
             self.sender = None
-            self.abandoned = False
 
     async def finish(self) -> bool:
         """Stop the stream and wait for its last final; ``False`` when it failed instead."""
@@ -394,15 +395,15 @@ class Leg:
         final_timeout = settings.final_timeout
         tick = min(settings.send_timeout / 2, final_timeout / 4)
         marks: deque[tuple[float, int]] = deque()  # (clock time, audio fed by then)
-        seen = -1
+        seen = -1  # the audio fed at the last tick: unchanged with a send in flight = blocked
         while self.listening:
             await clock.sleep(tick)
             if not self.listening or self.state is LegState.FINISHING:
                 continue
-            if self.sender is not None and self.sends == seen:
+            if self.sender is not None and self.fed == seen:
                 self.fail(StreamStalled(f"a send blocked for over {tick:g}s"))
                 return
-            seen = self.sends
+            seen = self.fed
             now = clock.now()
             marks.append((now, self.fed))
             due: int | None = None
