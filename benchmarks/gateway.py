@@ -111,8 +111,16 @@ async def _serve(kind: str, port: int) -> None:
     if kind == "noop":
         backend = _noop_backend()
         _instrument()
-    else:
-        backend = build_backend(build_parser().parse_args(["serve", "--backend", kind]))
+    else:  # what `sttrouter serve --backend offline` runs: engines in worker processes
+        import functools
+
+        from sttrouter.cli.serve import engine_processes
+        from sttrouter.gateway.engine_processes import EngineProcesses
+
+        args = build_parser().parse_args(["serve", "--backend", kind])
+        backend = EngineProcesses(
+            functools.partial(build_backend, args), engine_processes(args) or 1
+        )
     config = build_config(build_parser().parse_args(["serve", "--max-sessions", "5000"]), {})
     server = GatewayServer(backend, GatewayConfig(max_sessions=config.max_sessions))
     if kind == "noop":

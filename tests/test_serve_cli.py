@@ -188,3 +188,28 @@ def test_workers_share_the_socket_and_stop_on_sigterm() -> None:
         assert proc.stderr is not None
         proc.stderr.close()
     assert code == 0
+
+
+async def test_engine_processes_flag() -> None:
+    from sttrouter.cli.serve import engine_processes
+    from sttrouter.gateway.engine_processes import EngineProcesses
+
+    assert engine_processes(parse("--backend", "offline")) == (os.cpu_count() or 1)
+    assert engine_processes(parse("--backend", "fake")) == 0
+    with pytest.raises(ConfigError):
+        engine_processes(parse("--engine-processes", "-1"))
+    args = parse("--backend", "fake", "--engine-processes", "1")
+    server = build_server(args, build_config(args, {}))
+    assert isinstance(server.backend, EngineProcesses)
+    async with AppServer(server.app) as app, connect(f"{app.ws_url}/v1/audio/stream") as ws:
+        await ws.send(gw.serialize(gw.Start()))
+        for chunk in SPEECH.chunks(0.1):
+            await ws.send(chunk)
+        await ws.send(gw.serialize(gw.End()))
+        texts = []
+        with pytest.raises(ConnectionClosed):
+            while True:
+                msg = gw.parse_server(await ws.recv())
+                if isinstance(msg, gw.Transcript) and msg.is_final and msg.text:
+                    texts.append(msg.text)
+        assert " ".join(texts) == SPEECH.text

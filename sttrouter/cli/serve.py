@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import functools
 import logging
 import multiprocessing
 import os
@@ -102,6 +103,14 @@ def register(subparsers: Any) -> None:
         type=int,
         default=None,
         help="HTTP transcriptions at once per worker (default: 2 per core); more get 503",
+    )
+    p.add_argument(
+        "--engine-processes",
+        type=int,
+        default=None,
+        help="run each session's engine in one of N worker processes, so an engine that holds "
+        "the GIL (pocketsphinx) never stalls the server (default: one per core for "
+        "--backend offline, 0 otherwise)",
     )
     p.add_argument(
         "--engine-threads",
@@ -223,6 +232,12 @@ def build_server(args: argparse.Namespace, config: GatewayConfig) -> GatewayServ
 
     Call it in the worker process: a ``--config`` gateway builds its RoutingContext here."""
     if not args.config:
+        processes = engine_processes(args)
+        if processes:
+            from sttrouter.gateway.engine_processes import EngineProcesses
+
+            pool = EngineProcesses(functools.partial(build_backend, args), processes)
+            return GatewayServer(pool, config)
         return GatewayServer(build_backend(args), config)
     from sttrouter.context import RoutingContext
 
@@ -232,6 +247,16 @@ def build_server(args: argparse.Namespace, config: GatewayConfig) -> GatewayServ
         ep.id: _ContextBackend(context, (ep.id,)) for ep in context.registry
     }
     return GatewayServer(routed, config, models=models)
+
+
+def engine_processes(args: argparse.Namespace) -> int:
+    """How many engine worker processes ``args`` asks for (0: engines run in this one)."""
+    n = getattr(args, "engine_processes", None)
+    if n is None:
+        return (os.cpu_count() or 1) if args.backend == "offline" and not args.config else 0
+    if n < 0:
+        raise ConfigError("--engine-processes must be 0 or more")
+    return int(n)
 
 
 def build_backend(args: argparse.Namespace) -> Backend:
@@ -328,7 +353,11 @@ def run(args: argparse.Namespace) -> int:
     if args.no_access_log:
         logging.getLogger("sttrouter.gateway.access").setLevel(logging.WARNING)
     config = build_config(args)
-    build_server(args, config)  # fail here, once, on a bad backend or registry
+    engine_processes(args)  # fail here, once, on a bad backend or registry
+    if args.config:
+        build_server(args, config)
+    else:
+        build_backend(args)
     sock = bind(args.host, args.port)
     if args.workers == 1:
         asyncio.run(_serve(build_server(args, config), args, sock))
