@@ -32,6 +32,12 @@ The failover invariants and how this package keeps them:
    replaying the few milliseconds since the boundary.
 5. *Load.* An :class:`AdmissionController` shared between sessions limits concurrent streams
    per endpoint; a stream waits in a bounded queue up to a deadline, then spills to the next.
+6. *Quiet failures count.* Every result passes the sanity check (finite, ordered, within the
+   audio sent); a span with speech that a final skips, or that gets no final within
+   ``final_timeout`` (interims do not count), is replayed — on the same endpoint first, then
+   another — or, when two endpoints find no words in it, counted as covered; with nobody left
+   to replay it, it is reported in ``uncovered`` (:mod:`~sttrouter.session.delivery`). An
+   engine that calls the session's validated audio bad has failed, not the caller.
 
 Overflow: if no final arrives for ``replay_seconds`` (default 30 s) the oldest audio is dropped
 from the buffer and an ``overflow`` event is emitted. That audio has already been sent to the

@@ -27,7 +27,7 @@ def _power(threshold_dbfs: float) -> float:
 _QUIET_HIGH_BYTES = b"\x00\xff"  # the high byte of every int16 in -256..255
 
 
-def chunk_has_speech(pcm: bytes, threshold_dbfs: float) -> bool:
+def chunk_has_speech(pcm: bytes, threshold_dbfs: float, *, quiet_only: bool = False) -> bool:
     """Whether an s16le chunk's RMS level (as :func:`sttrouter.audio.rms_dbfs`) exceeds the
     threshold.
 
@@ -41,6 +41,8 @@ def chunk_has_speech(pcm: bytes, threshold_dbfs: float) -> bool:
     power = _power(threshold_dbfs)
     if power >= 256.0**2 and not pcm[1 : 2 * n : 2].translate(None, _QUIET_HIGH_BYTES):
         return False
+    if quiet_only:
+        return True  # ``quiet_only``: only the quick test for all-quiet audio, no RMS
     x = np.frombuffer(pcm, dtype="<i2", count=n).astype(np.float32)
     return float(x @ x) / n > power
 
@@ -138,7 +140,7 @@ class ReplayBuffer:
         threshold (audio no longer held counts as silence)."""
         lo = max(lo, self.start)
         data = self.read(lo, min(hi, self.end) - lo)
-        if len(data) < 2:
+        if len(data) < 2 or not chunk_has_speech(data, threshold_dbfs, quiet_only=True):
             return False
         x = np.frombuffer(data, dtype="<i2", count=len(data) // 2).astype(np.float64)
         step = max(1, round(_FRAME_SECONDS * self.format.sample_rate))

@@ -101,6 +101,7 @@ class EndpointOpener:
         self._refusals: dict[str, str] = {}
         self._refused: list[UnsupportedOption] = []
         self.errors: dict[str, str] = {}
+        self._rejected_by: str | None = None
         self.sweeps = 0
         self.trim_floor: int | None = None
         self._decision: object = None
@@ -112,6 +113,7 @@ class EndpointOpener:
         self._refusals.clear()
         self._refused.clear()
         self.errors.clear()
+        self._rejected_by = None
         self.sweeps = 0
         self.trim_floor = None
 
@@ -348,6 +350,22 @@ class EndpointOpener:
         return NoEndpointAvailable(
             f"no endpoint of the chain {what}", uncovered=uncovered, attempts=tuple(last.items())
         )
+
+    def rejection(self, failed: Leg) -> AudioFormatError | None:
+        """The error for the caller when ``failed`` is the second endpoint to reject audio the
+        session validated (the first one's rejection only fails it over)."""
+        error = failed.failure
+        if not isinstance(error, AudioFormatError):
+            return None
+        eid, first = failed.endpoint.id, self._rejected_by
+        if first is None or first == eid:
+            self._rejected_by = eid
+            return None
+        rejected = AudioFormatError(
+            f"{first} and {eid} both rejected the audio: {error.message}", endpoint_id=eid
+        )
+        rejected.uncovered = self.uncovered()
+        return rejected
 
     def record_failure(self, endpoint: STTEndpoint, error: STTError) -> None:
         """An endpoint failed this session: breaker, health, ledger and an event."""

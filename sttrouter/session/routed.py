@@ -19,12 +19,7 @@ from typing import Any
 
 from sttrouter.clock import Clock, fail_after
 from sttrouter.endpoint import Provider, STTEndpoint
-from sttrouter.errors import (
-    AudioFormatError,
-    ConfigError,
-    NoEndpointAvailable,
-    STTError,
-)
+from sttrouter.errors import ConfigError, NoEndpointAvailable, STTError
 from sttrouter.events import EventListener, RouteEvent, RouteEventKind
 from sttrouter.options import OPTION_NAMES, StreamOptions
 from sttrouter.panel.device import Conditions
@@ -168,7 +163,6 @@ class RoutedSession(BaseSTTService):
         self._buf.reset()
         self._timeline.final_pos = 0
         self._results.reset()
-        self._rejected_by: str | None = None
         self._endpoints.begin(self.stream_options)
         self._leg: Leg | None = None
         self._recovery: asyncio.Task[None] | None = None
@@ -383,7 +377,9 @@ class RoutedSession(BaseSTTService):
     async def _fail_over(self, old: Leg | None) -> None:
         if old is not None:
             self._legs.drop(old, background=self.is_streaming)
-            self._check_rejection(old)
+            rejected = self._endpoints.rejection(old)
+            if rejected is not None:
+                raise rejected
         self._leg = None
         lost = self._timeline.lost_to_overflow(self._buf.start)
         if lost is not None:  # the buffer overflowed: that audio is gone
@@ -399,21 +395,6 @@ class RoutedSession(BaseSTTService):
             reason=failure.message if failure is not None else "",
             interval=self._replay_span(leg),
         )
-
-    def _check_rejection(self, old: Leg) -> None:
-        """A second endpoint rejecting audio the session validated: tell the caller."""
-        error = old.failure
-        if not isinstance(error, AudioFormatError):
-            return
-        first, self._rejected_by = self._rejected_by, self._rejected_by or old.endpoint.id
-        if first is None or first == old.endpoint.id:
-            return
-        rejected = AudioFormatError(
-            f"{first} and {old.endpoint.id} both rejected the audio: {error.message}",
-            endpoint_id=old.endpoint.id,
-        )
-        rejected.uncovered = self._endpoints.uncovered()
-        raise rejected
 
     def _on_leg_failure(self, leg: Leg, error: STTError) -> None:
         if leg.blamed:
