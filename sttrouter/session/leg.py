@@ -396,6 +396,9 @@ class Leg:
         tick = min(settings.send_timeout / 2, final_timeout / 4)
         marks: deque[tuple[float, int]] = deque()  # (clock time, audio fed by then)
         seen = -1  # the audio fed at the last tick: unchanged with a send in flight = blocked
+        # the first tick at a phase spread by the start time (the sub-millisecond digits), so
+        # a thousand legs opened together do not all wake in the same instant
+        await clock.sleep((clock.now() * 1e3) % 1.0 * tick)
         while self.listening:
             await clock.sleep(tick)
             if not self.listening or self.state is LegState.FINISHING:
