@@ -19,8 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 from sttrouter.endpoint import STTEndpoint
 from sttrouter.resilience import AdmissionRefused, BreakerConfig, BreakerState, Permit
@@ -84,6 +88,64 @@ async def _serve(url: str, lease_ttl: float) -> None:
             out = f"unknown command {cmd}"
         print(json.dumps(out), flush=True)
     await state.aclose()
+
+
+class Replica:
+    """A replica process, driven from a test or a benchmark."""
+
+    def __init__(self, url: str, lease_ttl: float = 1.0) -> None:
+        src = str(Path(__file__).resolve().parents[1])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, url, str(lease_ttl)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        self._ready = False
+
+    def wait_ready(self) -> Replica:
+        """Block until the replica answers (start several first, then wait: they boot in
+        parallel)."""
+        if not self._ready:
+            assert self.read() == {"ready": True}
+            self._ready = True
+        return self
+
+    def send(self, command: str) -> None:
+        self.wait_ready()
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+
+    def read(self) -> Any:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"replica exited with {self.proc.wait()}")
+        return json.loads(line)
+
+    def ask(self, command: str) -> Any:
+        self.send(command)
+        return self.read()
+
+    def kill(self) -> None:
+        """SIGKILL: the replica dies without giving anything back."""
+        self.proc.kill()
+        self.proc.wait()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        for stream in (self.proc.stdout, self.proc.stdin):
+            if stream is not None and not stream.closed:
+                stream.close()
 
 
 if __name__ == "__main__":

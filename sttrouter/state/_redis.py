@@ -170,6 +170,11 @@ class RedisState(InMemoryState):
         self._tasks = []
         await self._link.aclose()
 
+    async def flush(self) -> None:
+        """Return once what this replica has learnt so far was sent to the server."""
+        self._ensure_started()
+        await self._link.flush()
+
     def status(self) -> dict[str, Any]:
         """``ok`` (the server answers), ``server`` (without credentials), ``since`` (when that
         last changed, Unix time), ``error``, ``replica``, ``subscribed``, ``dropped_writes``."""
@@ -271,9 +276,13 @@ class RedisState(InMemoryState):
 
     def health_changed(self, endpoint_id: str, old: HealthStatus, new: HealthStatus) -> None:
         key, ttl = self._keys.health(endpoint_id), int(self.settings.health_ttl)
+        index = self._keys.index
 
         async def op(r: Redis) -> Any:
-            return await r.set(key, new.value, ex=ttl)
+            async with r.pipeline(transaction=False) as p:
+                p.set(key, new.value, ex=ttl)
+                p.sadd(index, endpoint_id)
+                return await p.execute()
 
         self._link.send(op)
         self._publish({"t": "health", "id": endpoint_id, "status": new.value})

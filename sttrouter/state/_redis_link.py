@@ -71,6 +71,7 @@ class RedisLink:
         self._outbox: deque[Op] = deque(maxlen=outbox_limit)
         self._wake = asyncio.Event()
         self.dropped = 0
+        self._busy = False
         self._down_errors: tuple[type[BaseException], ...] = (
             OSError,
             TimeoutError,
@@ -104,8 +105,15 @@ class RedisLink:
             self._wake.clear()
             while self._outbox:
                 op = self._outbox.popleft()
+                self._busy = True
                 with contextlib.suppress(Exception):
                     await self.call(op)
+                self._busy = False
+
+    async def flush(self) -> None:
+        """Return once every queued write was sent (or dropped because the server is down)."""
+        while self._outbox or self._busy:
+            await asyncio.sleep(self.settings.deadline / 50)
 
     def down(self, exc: BaseException) -> None:
         self.failures += 1
