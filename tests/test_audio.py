@@ -292,8 +292,8 @@ def test_read_24_bit_wav_through_soundfile(tmp_path: Path) -> None:
 def test_missing_empty_and_unreadable_files(tmp_path: Path) -> None:
     with pytest.raises(AudioFormatError, match="does not exist; check the path"):
         read_audio(tmp_path / "nope.wav")
-    with pytest.raises(AudioFormatError, match="does not exist"):
-        read_audio(tmp_path)  # a directory is not a file
+    with pytest.raises(AudioFormatError, match="is a directory, not an audio file"):
+        read_audio(tmp_path)
     empty = tmp_path / "empty.wav"
     empty.write_bytes(b"")
     with pytest.raises(AudioFormatError, match="is empty; record or export it again"):
