@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
@@ -26,11 +27,13 @@ from sttrouter.errors import (
     RateLimited,
     StreamingFailed,
     STTError,
+    UnsupportedOption,
 )
+from sttrouter.options import StreamOptions
 from sttrouter.providers import create_service
 from sttrouter.providers.assemblyai import AssemblyAISTTService, assemblyai_endpoint
 from sttrouter.results import STTResult
-from sttrouter.service import stream_transcribe
+from sttrouter.service import iter_chunks, stream_transcribe
 from sttrouter.testing import (
     FakeAssemblyAIServer,
     FakeClock,
@@ -441,3 +444,87 @@ async def test_chunking_never_changes_what_is_heard(sizes: list[int]) -> None:
     record = srv.sessions[0]
     assert all(1600 <= n <= 32000 for n in record.chunk_sizes)
     assert len(SPEECH.pcm) <= record.audio_bytes < len(SPEECH.pcm) + 1600
+
+
+# -- stream options, finalize() and the batch path's metrics ------------------------------------
+async def run_stream(
+    svc: AssemblyAISTTService,
+    pcm: bytes,
+    *,
+    options: StreamOptions | None = None,
+    finalize_at: float | None = None,
+) -> tuple[list[STTResult], int]:
+    """Stream ``pcm``; with ``finalize_at``, call finalize() there and wait for its final.
+
+    Returns the results and how many had arrived when the forced final came."""
+    out: list[STTResult] = []
+    got = anyio.Event()
+    at = 0
+    results = await svc.start_streaming(ENGINE_FORMAT, options)
+
+    async def consume() -> None:
+        async for r in results:
+            out.append(r)
+            if r.is_final and r.transcript:
+                got.set()
+
+    split = len(pcm) if finalize_at is None else ENGINE_FORMAT.bytes_for(finalize_at)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(consume)
+        for chunk in iter_chunks(pcm[:split], ENGINE_FORMAT, 0.02):
+            await svc.send_audio(chunk)
+        if finalize_at is not None:
+            await svc.finalize()
+            with anyio.fail_after(5):
+                await got.wait()
+            at = len(out)
+        for chunk in iter_chunks(pcm[split:], ENGINE_FORMAT, 0.02):
+            await svc.send_audio(chunk)
+        await svc.stop_streaming()
+    return out, at
+
+
+async def test_stream_options_reach_the_wire(server: FakeAssemblyAIServer) -> None:
+    svc = service(server)
+    options = StreamOptions(language="en-US", keywords=("Kubernetes",), punctuate=False)
+    out, _ = await run_stream(svc, SPEECH.pcm, options=options)
+    q = server.sessions[0].query
+    assert json.loads(q["keyterms_prompt"]) == ["Kubernetes"]
+    assert json.loads(q["language_codes"]) == ["en"]
+    assert q["format_turns"].lower() == "false"
+    finals = [r.transcript for r in out if r.is_final]
+    assert finals == ["hello there my friend", "how are you doing today"]  # unformatted
+    with pytest.raises(UnsupportedOption, match="prompt"):
+        await svc.start_streaming(ENGINE_FORMAT, StreamOptions(prompt="a lesson"))
+    assert len(server.sessions) == 1  # refused before connecting
+
+
+async def test_finalize_forces_the_turn_and_the_stream_goes_on(
+    server: FakeAssemblyAIServer,
+) -> None:
+    utt = server.script[0]
+    cut = (utt.words[1].end + utt.words[2].end) / 2  # two words heard
+    svc = service(server)
+    out, at = await run_stream(svc, SPEECH.pcm, finalize_at=cut)
+    forced = [r for r in out[:at] if r.is_final]
+    assert [r.transcript for r in forced] == ["Hello there,"]
+    assert forced[0].is_end_of_utterance
+    finals = [r.transcript for r in out if r.is_final and r.transcript]
+    assert finals[-1] == SAMPLE_SCRIPT[1][0]
+    controls = server.sessions[0].controls
+    assert controls.count("ForceEndpoint") == 2  # ours, then stop's
+    # every audio message stayed a whole 50..1000 ms message (none padded with silence)
+    assert server.sessions[0].audio_bytes == len(SPEECH.pcm)
+
+
+async def test_batch_records_latency_and_counts_errors(server: FakeAssemblyAIServer) -> None:
+    svc = service(server)
+    await svc.transcribe(SPEECH.pcm, ENGINE_FORMAT)
+    assert svc.metrics.latency_count == 1
+    assert svc.metrics.finals == 1
+    async with FakeAssemblyAIServer(api_key=KEY, batch_error="Transcoding failed") as bad:
+        failing = service(bad)
+        with pytest.raises(AudioFormatError):
+            await failing.transcribe(SPEECH.pcm, ENGINE_FORMAT)
+        assert failing.metrics.errors == 1
+        assert failing.metrics.latency_count == 0

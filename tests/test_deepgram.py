@@ -23,11 +23,13 @@ from sttrouter.errors import (
     RateLimited,
     StreamingFailed,
     STTError,
+    UnsupportedOption,
 )
+from sttrouter.options import StreamOptions
 from sttrouter.providers import create_service
 from sttrouter.providers.deepgram import DeepgramSTTService, deepgram_endpoint
 from sttrouter.results import STTResult
-from sttrouter.service import stream_transcribe
+from sttrouter.service import iter_chunks, stream_transcribe
 from sttrouter.testing import (
     FakeClock,
     FakeDeepgramServer,
@@ -405,3 +407,101 @@ async def test_cancel_mid_stream_ends_cleanly(server: FakeDeepgramServer) -> Non
     assert not svc.is_streaming
     again = await stream(svc, sample_pcm())  # the service is reusable
     assert any(r.is_final and r.transcript for r in again)
+
+
+# -- stream options, finalize() and the batch path's metrics ------------------------------------
+async def stream_with_finalize(
+    svc: Any, pcm: bytes, cut: float, options: StreamOptions | None = None
+) -> tuple[list[STTResult], int]:
+    """Send audio up to ``cut`` s, finalize(), wait for a final, send the rest, stop.
+
+    Returns the results and how many had arrived when the forced final came."""
+    out: list[STTResult] = []
+    got = anyio.Event()
+    results = await svc.start_streaming(ENGINE_FORMAT, options)
+
+    async def consume() -> None:
+        async for r in results:
+            out.append(r)
+            if r.is_final and r.transcript:
+                got.set()
+
+    split = ENGINE_FORMAT.bytes_for(cut)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(consume)
+        for chunk in iter_chunks(pcm[:split], ENGINE_FORMAT, 0.02):
+            await svc.send_audio(chunk)
+        await svc.finalize()
+        with anyio.fail_after(5):
+            await got.wait()
+        at = len(out)
+        for chunk in iter_chunks(pcm[split:], ENGINE_FORMAT, 0.02):
+            await svc.send_audio(chunk)
+        await svc.stop_streaming()
+    return out, at
+
+
+async def test_stream_options_reach_the_wire(server: FakeDeepgramServer) -> None:
+    svc = service(server, language="en")
+    options = StreamOptions(
+        language="de", keywords=("Kubernetes", "GLM-ASR"), punctuate=False, interim_results=False
+    )
+    out: list[STTResult] = []
+    results = await svc.start_streaming(ENGINE_FORMAT, options)
+    async with anyio.create_task_group() as tg:
+
+        async def consume() -> None:
+            async for r in results:
+                out.append(r)
+
+        tg.start_soon(consume)
+        for chunk in iter_chunks(sample_pcm(), ENGINE_FORMAT, 0.02):
+            await svc.send_audio(chunk)
+        await svc.stop_streaming()
+    session = server.sessions[0]
+    assert session.query_lists["keyterm"] == ["Kubernetes", "GLM-ASR"]
+    q = session.query
+    assert (q["language"], q["punctuate"], q["interim_results"]) == ("de", "false", "false")
+    assert out
+    assert all(r.is_final for r in out)
+    assert all(r.language == "de" for r in out if r.transcript)
+    # unpunctuated: the plain words, as Deepgram sends them without punctuate
+    assert out[0].transcript == "hello there my friend"
+    # the next stream is back to the endpoint's options
+    await stream(svc, sample_pcm()[: ENGINE_FORMAT.bytes_for(0.5)])
+    assert "keyterm" not in server.sessions[1].query
+    assert server.sessions[1].query["language"] == "en"
+
+
+async def test_prompt_is_refused_at_start(server: FakeDeepgramServer) -> None:
+    svc = service(server)
+    with pytest.raises(UnsupportedOption, match="prompt"):
+        await svc.start_streaming(ENGINE_FORMAT, StreamOptions(prompt="a lesson"))
+    assert not svc.is_streaming
+    assert server.sessions == []  # refused before connecting
+
+
+async def test_finalize_sends_finalize_and_the_stream_goes_on(server: FakeDeepgramServer) -> None:
+    utt = server.script[0]
+    cut = (utt.words[1].end + utt.words[2].end) / 2  # two words heard
+    svc = service(server)
+    await svc.finalize()  # no stream: nothing happens
+    out, at = await stream_with_finalize(svc, sample_pcm(), cut)
+    forced = [r for r in out[:at] if r.is_final]
+    assert [r.transcript for r in forced] == ["Hello there,"]
+    finals = [r.transcript for r in out if r.is_final and r.transcript]
+    assert finals[-1] == SAMPLE_SCRIPT[1][0]  # the next utterance still arrives
+    assert server.sessions[0].controls.count("Finalize") == 2  # ours, then stop's
+
+
+async def test_batch_records_latency_and_counts_errors(server: FakeDeepgramServer) -> None:
+    clock = FakeClock()
+    svc = service(server, clock=clock)
+    await svc.transcribe(sample_pcm(), ENGINE_FORMAT)
+    assert svc.metrics.latency_count == 1
+    assert svc.metrics.finals == 1
+    async with FakeDeepgramServer(faults=[ServerFault(http_status=500)], api_key=KEY) as bad:
+        failing = service(bad)
+        with pytest.raises(ConnectionFailed, match="HTTP 500"):  # translated once
+            await failing.transcribe(sample_pcm(), ENGINE_FORMAT)
+        assert failing.metrics.errors == 1

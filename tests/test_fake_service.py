@@ -8,13 +8,16 @@ import pytest
 from sttrouter.audio import ENGINE_FORMAT
 from sttrouter.errors import (
     AuthenticationFailed,
+    ConfigError,
     ConnectionFailed,
     MalformedResponse,
     QuotaExceeded,
     RateLimited,
     StreamingFailed,
     STTError,
+    UnsupportedOption,
 )
+from sttrouter.options import StreamOptions
 from sttrouter.results import STTResult
 from sttrouter.testing import (
     FakeClock,
@@ -151,3 +154,86 @@ async def test_fault_only_on_first_stream() -> None:
         await svc.start_streaming()
     out = await run(svc, speech.pcm)
     assert [r.transcript for r in out if r.is_final] == ["w1 w2", ""]
+
+
+async def stream_finalizing(
+    service: FakeSTTService, pcm: bytes, cut: float, options: StreamOptions | None = None
+) -> tuple[list[STTResult], list[STTResult]]:
+    """Stream ``pcm`` with finalize() at ``cut`` s; the results before the cut's finalize
+    returned (the fake emits at once) and all of them."""
+    out: list[STTResult] = []
+    results = await service.start_streaming(ENGINE_FORMAT, options)
+    split = ENGINE_FORMAT.bytes_for(cut)
+    async with anyio.create_task_group() as tg:
+
+        async def consume() -> None:
+            async for r in results:
+                out.append(r)
+
+        tg.start_soon(consume)
+        await service.finalize()  # nothing heard yet: nothing to finalise
+        await service.send_audio(pcm[:split])
+        await service.finalize()
+        await anyio.wait_all_tasks_blocked()
+        before = list(out)
+        await service.send_audio(pcm[split:])
+        await service.stop_streaming()
+    return before, out
+
+
+async def test_finalize_ends_the_utterance_with_the_words_heard() -> None:
+    speech = synthetic_speech((4,), word_seconds=0.2, lead_seconds=0.2)
+    service = FakeSTTService()
+    # mid third word: two words done, the third still being spoken
+    before, out = await stream_finalizing(service, speech.pcm, 0.2 + 0.4 + 0.1)
+    forced = [r for r in before if r.is_final]
+    assert [r.transcript for r in forced] == ["w1 w2"]
+    assert forced[0].is_end_of_utterance
+    finals = [r.transcript for r in out if r.is_final and r.transcript]
+    assert finals == ["w1 w2", "w3 w4"]  # the word being spoken is not split
+    assert service.finalize_calls == 2
+
+
+async def test_finalize_of_a_script_and_when_nothing_is_heard() -> None:
+    service = FakeSTTService(script=[Utterance("one two three", start=0.0, end=0.3)])
+    before, out = await stream_finalizing(service, b"\0\0" * 3200, 0.15)
+    assert [r.transcript for r in before if r.is_final] == ["one"]
+    assert [r.transcript for r in out if r.is_final] == ["one"]  # the cut utterance is over
+    await service.finalize()  # no stream: nothing happens
+    assert service.finalize_calls == 2
+
+
+async def test_options_are_recorded_and_unsupported_ones_refused() -> None:
+    service = FakeSTTService(supported_options={"language"})
+    with pytest.raises(UnsupportedOption, match="keywords"):
+        await service.start_streaming(ENGINE_FORMAT, StreamOptions(keywords=("x",)))
+    assert service.options_received == []  # refused before the engine
+    options = StreamOptions(language="en", interim_results=False)
+    speech = synthetic_speech((3,))
+    out = await run_with(service, speech.pcm, options)
+    assert service.options_received == [options]
+    assert out
+    assert all(r.is_final for r in out)
+    with pytest.raises(ConfigError, match="unknown stream options"):
+        FakeSTTService(supported_options={"temperature"})
+    # the conformance kit sees the refusal too
+    await check_stt_service(lambda: FakeSTTService(supported_options=()), speech.pcm)
+
+
+async def run_with(service: FakeSTTService, pcm: bytes, options: StreamOptions) -> list[STTResult]:
+    out: list[STTResult] = []
+    results = await service.start_streaming(ENGINE_FORMAT, options)
+    await service.send_audio(pcm)
+    await service.stop_streaming()
+    async for r in results:
+        out.append(r)
+    return out
+
+
+async def test_batch_streams_finals_only_and_records_latency() -> None:
+    speech = synthetic_speech((3, 2))
+    service = FakeSTTService()
+    transcript = await service.transcribe(speech.pcm)
+    assert transcript.text == speech.text
+    assert service.options_received[-1].interim_results is False
+    assert service.metrics.latency_count == service.metrics.finals > 0

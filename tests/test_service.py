@@ -19,7 +19,7 @@ from sttrouter.errors import (
     NotStreaming,
     StreamingFailed,
 )
-from sttrouter.results import STTResult
+from sttrouter.results import STTResult, Transcript
 from sttrouter.service import BaseSTTService, ResultChannel, iter_chunks, load_input
 from sttrouter.testing import (
     ConformanceError,
@@ -252,3 +252,62 @@ async def test_conformance_catches_a_lying_engine() -> None:
 
 def test_repr() -> None:
     assert repr(EchoService()) == "EchoService(endpoint='echo', state=idle)"
+
+
+class BatchService(EchoService):
+    """An engine with a batch call: ``outcome`` is what the call returns or raises, after
+    ``decode_seconds`` on the fake clock."""
+
+    def __init__(self, outcome: object, clock: FakeClock) -> None:
+        super().__init__(clock=clock)
+        self.outcome = outcome
+        self.decode_seconds = 0.25
+
+    async def _transcribe(self, data: bytes, fmt: AudioFormat) -> Transcript | None:
+        await self.clock.sleep(self.decode_seconds)
+        if isinstance(self.outcome, Exception):
+            raise self.outcome
+        assert isinstance(self.outcome, Transcript | None)
+        return self.outcome
+
+
+async def test_batch_metrics_and_errors_are_recorded_once_by_the_base() -> None:
+    clock = FakeClock()
+    results = (
+        STTResult("hello", is_final=True, start=0.0, duration=0.5),
+        STTResult("", is_final=True, start=0.5, duration=0.5),  # counted, then dropped
+        STTResult("again", is_final=True, start=1.0, duration=0.5, latency=0.1),
+    )
+    svc = BatchService(Transcript(results, duration=1.5), clock)
+    pcm = b"\0\0" * 16000
+    async with anyio.create_task_group() as tg:
+
+        async def batch() -> None:
+            transcript = await svc.transcribe(pcm)
+            assert [r.transcript for r in transcript.results] == ["hello", "again"]
+            assert all(r.endpoint_id == "echo" for r in transcript.results)
+            assert [r.latency for r in transcript.results] == [pytest.approx(0.25), 0.1]
+
+        tg.start_soon(batch)
+        await clock.advance(1.0)
+    m = svc.metrics
+    assert (m.finals, m.latency_count, m.errors) == (3, 3, 0)
+    assert m.audio_seconds == pytest.approx(1.0)
+    assert m.cost > 0
+    assert svc.opened == 0  # the batch call, not a stream
+
+    failing = BatchService(OSError("socket closed"), clock)
+    failing.decode_seconds = 0.0
+    with pytest.raises(StreamingFailed, match="OSError: socket closed"):
+        await failing.transcribe(pcm)
+    assert (failing.metrics.errors, failing.metrics.latency_count) == (1, 0)
+
+
+async def test_batch_without_a_batch_call_streams_finals_only() -> None:
+    svc = BatchService(None, FakeClock())
+    svc.decode_seconds = 0.0
+    transcript = await svc.transcribe(b"\0\0" * 3200)
+    assert svc.opened == 1
+    assert svc.finished == 1
+    assert transcript.text == "x x"  # one final per 0.1 s chunk
+    assert svc.metrics.audio_seconds == pytest.approx(0.2)  # counted by the stream, once
