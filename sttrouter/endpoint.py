@@ -230,9 +230,10 @@ def _check_unit(_inst: object, _attr: object, value: float) -> None:
 
 
 def _check_id(_inst: object, _attr: object, value: str) -> None:
-    if not value or not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$", value):
+    if not value or not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.:#-]*$", value):
         raise ConfigError(
-            f"endpoint id {value!r} must be non-empty letters, digits, '_', '-', '.' or ':'",
+            f"endpoint id {value!r} must be non-empty letters, digits, '_', '-', '.', ':' or "
+            "'#' (a pool's replicas are named pool#1, pool#2, ...)",
             field="id",
         )
 
@@ -268,6 +269,10 @@ class STTEndpoint:
         memory_gb: memory the engine needs on the device or host, when it runs in-process.
         max_concurrent_sessions: admission limit; ``None`` for unlimited.
         connection: how to reach it.
+        pool: the logical endpoint this one is a replica of (``None``: not pooled). Replicas
+            of one pool serve the same engine; routers keep them next to each other in a
+            chain, least loaded first.
+        weight: a replica's share among equally loaded siblings (higher goes first).
     """
 
     id: str = attrs.field(validator=_check_id)
@@ -287,6 +292,8 @@ class STTEndpoint:
     memory_gb: float | None = attrs.field(default=None, validator=_check_nonneg)
     max_concurrent_sessions: int | None = attrs.field(default=None, validator=_check_nonneg)
     connection: ConnectionConfig = attrs.field(factory=ConnectionConfig)
+    pool: str | None = attrs.field(default=None)
+    weight: float = attrs.field(default=1.0, validator=_check_nonneg)
 
     @property
     def name(self) -> str:

@@ -22,7 +22,8 @@ Every error carries a :class:`ErrorKind` that tells a router what to do with it:
         ├── MissingDependency                   an optional extra is not installed
         ├── NotStreaming                        send/stop without start
         ├── AlreadyStreaming                    start while a stream runs
-        └── UnsupportedOption                   a stream option this engine cannot honour
+        ├── UnsupportedOption                   a stream option this engine cannot honour
+        └── BudgetExceeded                      the tenant's budget refuses new sessions
 
 Errors raised by vendor SDKs or sockets are translated into the most specific class at one
 boundary per adapter, always with ``raise ... from exc`` so the cause stays visible.
@@ -36,6 +37,7 @@ __all__ = [
     "AlreadyStreaming",
     "AudioFormatError",
     "AuthenticationFailed",
+    "BudgetExceeded",
     "CallerError",
     "ConfigError",
     "ConnectTimeout",
@@ -281,3 +283,22 @@ class UnsupportedOption(CallerError):
         )
         self.option = option
         self.value = value
+
+
+class BudgetExceeded(CallerError):
+    """A tenant's budget (one with ``on_exhausted = "refuse"``) is spent: new sessions are
+    refused until it resets. Streams already running are never cut.
+
+    Args:
+        tenant: the tenant key.
+        budget: the budget's label.
+        resets_at: when the budget's period ends (seconds since the epoch, UTC).
+    """
+
+    def __init__(
+        self, message: str, *, tenant: str, budget: str, resets_at: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.tenant = tenant
+        self.budget = budget
+        self.resets_at = resets_at

@@ -77,7 +77,8 @@ def test_every_public_error_is_classified() -> None:
         if isinstance(getattr(errors, name), type) and issubclass(getattr(errors, name), STTError)
     }
     abstract = {STTError, TransientError, PermanentError, CallerError}
-    assert public - abstract - {MissingDependency, errors.UnsupportedOption} == set(KINDS)
+    special = {MissingDependency, errors.UnsupportedOption, errors.BudgetExceeded}
+    assert public - abstract - special == set(KINDS)
 
 
 def test_unsupported_option_is_a_caller_error_naming_the_option() -> None:

@@ -1,12 +1,15 @@
 """Routing policy as data: ordered rules, first match wins.
 
 A :class:`Rule` matches on sets of device tiers, network states and thermal states (``None``
-matches any) and yields an ordered preference of *selectors*, plus selectors to exclude.
+matches any) and, with ``budget_below``, on the share of the session's budget that is left
+(``budget_below = 0.2``: less than 20 % left; a session without a budget never matches such a
+rule), and yields an ordered preference of *selectors*, plus selectors to exclude.
 
 Selectors, resolved against a registry when a router compiles the policy:
 
 =====================  ==========================================================================
-``"<endpoint id>"``    that endpoint (an exact id always wins over the forms below)
+``"<endpoint id>"``    that endpoint (an exact id always wins over the forms below); a pool's
+                       id names all its replicas
 ``"provider:<kind>"``  every endpoint of that provider kind (``provider:deepgram``)
 ``"location:<loc>"``   every endpoint at that location (``location:on_device``)
 ``"<kind>"``           a plain provider kind, when no endpoint has that id
@@ -36,6 +39,11 @@ File format::
     thermals = ["nominal", "fair"]
     prefer = ["location:on_device", "provider:glm_server", "provider:deepgram", "location:cloud"]
     exclude = []
+
+    [[rule]]
+    name = "budget-low"
+    budget_below = 0.2             # less than 20 % of the tenant's budget left
+    prefer = ["location:self_hosted", "location:on_device"]
 """
 
 from __future__ import annotations
@@ -97,6 +105,13 @@ def _thermals(value: Iterable[Any] | str | None) -> frozenset[ThermalState] | No
     return _enum_set(ThermalState, value)
 
 
+def _share(_inst: object, _attr: object, value: float | None) -> None:
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1
+    ):
+        raise ConfigError(f"budget_below must lie in (0, 1], got {value!r}", field="budget_below")
+
+
 def _rules(value: Iterable[Rule]) -> tuple[Rule, ...]:
     return tuple(value)
 
@@ -129,6 +144,8 @@ class Rule:
         thermals: thermal states it matches; ``None`` matches any.
         prefer: ordered selectors (see the module docstring).
         exclude: selectors for endpoints this rule forbids (reason ``not_in_policy``).
+        budget_below: match only while less than this share (0..1) of the session's budget
+            is left; ``None`` matches whatever the budget.
     """
 
     name: str
@@ -137,8 +154,21 @@ class Rule:
     thermals: frozenset[ThermalState] | None = attrs.field(default=None, converter=_thermals)
     prefer: tuple[str, ...] = attrs.field(default=(), converter=_selectors)
     exclude: tuple[str, ...] = attrs.field(default=(), converter=_selectors)
+    budget_below: float | None = attrs.field(default=None, validator=_share)
 
-    def matches(self, tier: DeviceTier, network: NetworkStatus, thermal: ThermalState) -> bool:
+    def matches(
+        self,
+        tier: DeviceTier,
+        network: NetworkStatus,
+        thermal: ThermalState,
+        remaining: float | None = None,
+    ) -> bool:
+        """Whether the rule applies; ``remaining`` is the budget share left (``None``: no
+        budget)."""
+        if self.budget_below is not None and (
+            remaining is None or not remaining < self.budget_below
+        ):
+            return False
         return (
             (self.tiers is None or tier in self.tiers)
             and (self.networks is None or network in self.networks)
@@ -157,6 +187,8 @@ class Rule:
         d["prefer"] = list(self.prefer)
         if self.exclude:
             d["exclude"] = list(self.exclude)
+        if self.budget_below is not None:
+            d["budget_below"] = self.budget_below
         return d
 
 
@@ -167,7 +199,7 @@ def tie_break_key(ep: STTEndpoint, index: int) -> tuple[Decimal, float, float, i
 
 def resolve_selector(selector: str, endpoints: Sequence[STTEndpoint]) -> list[int]:
     """Indices (into ``endpoints``) a selector names, in tie-break order."""
-    by_id = [i for i, ep in enumerate(endpoints) if ep.id == selector]
+    by_id = [i for i, ep in enumerate(endpoints) if ep.id == selector or ep.pool == selector]
     if by_id:
         return by_id
     prefix, sep, rest = selector.partition(":")
@@ -184,7 +216,9 @@ def resolve_selector(selector: str, endpoints: Sequence[STTEndpoint]) -> list[in
     return sorted(hits, key=lambda i: tie_break_key(endpoints[i], i))
 
 
-_RULE_KEYS = frozenset({"name", "tiers", "networks", "thermals", "prefer", "exclude"})
+_RULE_KEYS = frozenset(
+    {"name", "tiers", "networks", "thermals", "prefer", "exclude", "budget_below"}
+)
 _LIST_KEYS = ("tiers", "networks", "thermals", "prefer", "exclude")
 
 
@@ -203,13 +237,23 @@ class Policy:
     name: str = "custom"
 
     def rule_for(
-        self, tier: DeviceTier, network: NetworkStatus, thermal: ThermalState
+        self,
+        tier: DeviceTier,
+        network: NetworkStatus,
+        thermal: ThermalState,
+        remaining: float | None = None,
     ) -> Rule | None:
-        """The first rule that matches (a scan; routers use :meth:`table` instead)."""
+        """The first rule that matches (a scan; routers use :meth:`table` instead);
+        ``remaining``: the budget share left, ``None`` without a budget."""
         for rule in self.rules:
-            if rule.matches(tier, network, thermal):
+            if rule.matches(tier, network, thermal, remaining):
                 return rule
         return None
+
+    def budget_bands(self) -> tuple[float, ...]:
+        """The distinct ``budget_below`` thresholds, ascending: a router compiles the policy
+        once per band between them."""
+        return tuple(sorted({r.budget_below for r in self.rules if r.budget_below is not None}))
 
     def table(self) -> dict[Combo, Rule | None]:
         """The matching rule for each of the 48 combinations, computed once."""

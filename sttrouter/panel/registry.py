@@ -27,6 +27,19 @@ File format (one ``[[endpoint]]`` table per engine, in preference-neutral order)
     [endpoint.connection.options]      # provider-specific, free-form
     model = "nova-3"
 
+A *pool* — one logical endpoint served by several replicas — is an ``[[endpoint]]`` with
+``replicas = ["http://a:8000", "http://b:8000"]`` or ``[[endpoint.replica]]`` tables (``url``,
+optional ``weight``, ``max_concurrent_sessions`` and ``id``); each replica becomes an endpoint
+of its own (``glm#1``, ``glm#2``, ...; see :mod:`sttrouter.panel.pools`).
+
+Budgets per tenant and period are ``[[budget]]`` tables (see :mod:`sttrouter.panel.budgets`)::
+
+    [[budget]]
+    tenant = "*"
+    period = "day"
+    limit_usd = "5.00"
+    on_exhausted = "free_only"
+
 An endpoint of a built-in provider kind takes what it leaves out of ``location``,
 ``expected_latency_ms``, ``reliability_score``, ``cost_per_hour``, ``supports_streaming``,
 ``supported_languages``, ``needs_network``, ``min_tier`` and ``max_thermal`` from that kind's
@@ -44,7 +57,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -53,9 +66,17 @@ from sttrouter._builtin_endpoints import builtin_endpoints, provider_defaults
 from sttrouter.endpoint import ConnectionConfig, Location, STTEndpoint
 from sttrouter.errors import ConfigError
 from sttrouter.panel import _toml
+from sttrouter.panel.budgets import Budget, budgets_from_dicts
 from sttrouter.panel.device import DeviceTier, ThermalState
+from sttrouter.panel.pools import Replica, expand_pool, pool_to_dict, replicas_from_dict
 
-__all__ = ["EndpointRegistry", "default_registry", "endpoint_from_dict", "endpoint_to_dict"]
+__all__ = [
+    "EndpointRegistry",
+    "default_registry",
+    "endpoint_from_dict",
+    "endpoint_to_dict",
+    "endpoints_from_dict",
+]
 
 _SECRET_WORDS = ("api_key", "apikey", "key", "token", "secret", "password", "passwd", "auth")
 
@@ -251,6 +272,35 @@ def endpoint_from_dict(data: Mapping[str, Any], *, source: str = "<dict>") -> ST
         ) from None
 
 
+def endpoints_from_dict(
+    data: Mapping[str, Any], *, source: str = "<dict>"
+) -> tuple[STTEndpoint, ...]:
+    """The endpoints of one ``[[endpoint]]`` table: itself, or its replicas when it declares
+    ``replicas`` / ``[[endpoint.replica]]`` (a pool)."""
+    if not isinstance(data, Mapping) or not ({"replica", "replicas"} & set(data)):
+        return (endpoint_from_dict(data, source=source),)
+    raw_id = data.get("id")
+    eid = raw_id if isinstance(raw_id, str) else None
+    if "replica" in data and "replicas" in data:
+        raise ConfigError(
+            "give the replicas either as replicas = [urls] or as [[endpoint.replica]] tables",
+            source=source,
+            endpoint=eid,
+            field="replica",
+        )
+    raw = data.get("replica", data.get("replicas"))
+    replicas = replicas_from_dict(raw, source=source, endpoint=eid)
+    base = endpoint_from_dict(
+        {k: v for k, v in data.items() if k not in ("replica", "replicas")}, source=source
+    )
+    try:
+        return expand_pool(base, replicas)
+    except ConfigError as exc:
+        raise ConfigError(
+            _strip_field_prefix(exc), source=source, endpoint=eid, field=f"replica.{exc.field}"
+        ) from None
+
+
 def endpoint_to_dict(ep: STTEndpoint) -> dict[str, Any]:
     """The ``[[endpoint]]`` table for ``ep``: every field, ``None`` ones left out, no secret."""
     d: dict[str, Any] = {
@@ -293,6 +343,9 @@ class EndpointRegistry:
         self.state: dict[str, Any] = {}
         """The file's ``[state]`` table (where routing state is shared), read by the state
         layer; empty for in-memory state."""
+        self.budgets: tuple[Budget, ...] = ()
+        """The file's ``[[budget]]`` tables (a :class:`~sttrouter.panel.budgets.BudgetBook`
+        is built from them)."""
         for ep in endpoints:
             self.register(ep)
 
@@ -308,8 +361,33 @@ class EndpointRegistry:
                 endpoint=endpoint.id,
                 field="id",
             )
+        clash = endpoint.pool in self._endpoints or any(
+            ep.pool == endpoint.id for ep in self._endpoints.values()
+        )
+        if clash:
+            raise ConfigError(
+                "a pool and an endpoint cannot share an id (a pool's id names its replicas "
+                "in policies)",
+                source=self.source,
+                endpoint=endpoint.id,
+                field="id",
+            )
         self._endpoints[endpoint.id] = endpoint
         self.version += 1
+
+    def register_pool(
+        self, endpoint: STTEndpoint, replicas: Sequence[Replica | str]
+    ) -> tuple[STTEndpoint, ...]:
+        """Register pool ``endpoint.id``: one endpoint per replica (``<id>#1``, ...), each
+        ``endpoint`` with the replica's url, weight and limit. Returns the replicas."""
+        members = expand_pool(endpoint, replicas)
+        for ep in members:
+            self.register(ep)
+        return members
+
+    def pool(self, name: str) -> tuple[STTEndpoint, ...]:
+        """The replicas of pool ``name``, in declaration order (empty when there is none)."""
+        return tuple(ep for ep in self._endpoints.values() if ep.pool == name)
 
     def unregister(self, endpoint_id: str) -> STTEndpoint:
         """Remove and return the endpoint; ``KeyError`` if it is not registered."""
@@ -348,7 +426,7 @@ class EndpointRegistry:
         if not isinstance(data, Mapping):
             raise ConfigError(f"expected a table, got {type(data).__name__}", source=source)
         for key in data:
-            if key not in ("endpoint", "state"):
+            if key not in ("endpoint", "state", "budget"):
                 if key == "endpoints":
                     raise ConfigError(
                         "write each endpoint as an [[endpoint]] table (singular)",
@@ -356,8 +434,8 @@ class EndpointRegistry:
                         field=key,
                     )
                 raise ConfigError(
-                    "unknown top-level key; a registry file holds only [[endpoint]] tables and "
-                    "an optional [state] table",
+                    "unknown top-level key; a registry file holds only [[endpoint]] and [[budget]] "
+                    "tables and an optional [state] table",
                     source=source,
                     field=key,
                 )
@@ -370,7 +448,9 @@ class EndpointRegistry:
             )
         reg = cls(source=source)
         for item in items:
-            reg.register(endpoint_from_dict(item, source=source))
+            for ep in endpoints_from_dict(item, source=source):
+                reg.register(ep)
+        reg.budgets = budgets_from_dicts(data.get("budget", []), source=source)
         state = data.get("state", {})
         if not isinstance(state, Mapping):
             raise ConfigError("[state] must be a table", source=source, field="state")
@@ -387,7 +467,16 @@ class EndpointRegistry:
         out: dict[str, Any] = {}
         if self.state:
             out["state"] = dict(self.state)
-        out["endpoint"] = [endpoint_to_dict(ep) for ep in self._endpoints.values()]
+        out["endpoint"] = []
+        done: set[str] = set()
+        for ep in self._endpoints.values():
+            if ep.pool is None:
+                out["endpoint"].append(endpoint_to_dict(ep))
+            elif ep.pool not in done:
+                done.add(ep.pool)
+                out["endpoint"].append(pool_to_dict(self.pool(ep.pool), endpoint_to_dict(ep)))
+        if self.budgets:
+            out["budget"] = [b.to_dict() for b in self.budgets]
         return out
 
     def dumps(self) -> str:

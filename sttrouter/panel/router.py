@@ -10,31 +10,45 @@ How a decision is made (see ``docs/routing.md``):
    to the end.
 2. Per call: one dict lookup on ``(tier, network, thermal)``, then the candidates are filtered
    by what only the call knows: memory, language, streaming, API key present in the
-   environment, and the health view (breaker). The result is memoised on exactly those inputs.
+   environment, the session's budget (priced endpoints are left out once a ``free_only``
+   budget is spent) and the health view (breaker). The result is memoised on exactly those
+   inputs.
+3. A pool's replicas stand next to each other in the chain; with a load view they are ordered
+   fewest outstanding streams first (ties: higher weight, lower recent latency, declaration
+   order), so a new stream goes to the least loaded replica and a failed one's stream moves to
+   a sibling before it moves down the chain.
+
+Policy rules with ``budget_below`` are compiled once per budget band (the intervals between
+the policy's thresholds), so the budget costs one bisection per call.
 
 Reasons, in precedence order (the first that applies is reported): ``needs_network``,
 ``tier_too_low``, ``too_hot``, ``not_in_policy``, ``insufficient_memory``,
-``language_unsupported``, ``not_streaming``, ``no_api_key``, ``breaker_open``.
+``language_unsupported``, ``not_streaming``, ``no_api_key``, ``budget_exhausted``,
+``breaker_open``.
 """
 
 from __future__ import annotations
 
+import bisect
 import enum
+import itertools
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol, cast
 
 import attrs
 
 from sttrouter.endpoint import STTEndpoint
+from sttrouter.panel.budgets import BudgetView, Standing
 from sttrouter.panel.device import Conditions, DeviceTier, NetworkStatus, ThermalState
 from sttrouter.panel.policy import ALL_COMBOS, Combo, Policy, Unlisted, default_policy
 from sttrouter.panel.policy import resolve_selector as _resolve
 from sttrouter.panel.policy import tie_break_key as _tie_key
+from sttrouter.panel.pools import LatencyView, LoadView, group_pools, replica_key
 from sttrouter.panel.registry import EndpointRegistry
 
-__all__ = ["Decision", "HealthView", "Router", "SkipReason", "Verdict"]
+__all__ = ["BoundRouter", "Decision", "HealthView", "Router", "SkipReason", "Verdict"]
 
 
 class SkipReason(enum.StrEnum):
@@ -49,6 +63,7 @@ class SkipReason(enum.StrEnum):
     NOT_STREAMING = "not_streaming"
     NO_API_KEY = "no_api_key"
     BREAKER_OPEN = "breaker_open"
+    BUDGET_EXHAUSTED = "budget_exhausted"
 
 
 class HealthView(Protocol):
@@ -98,6 +113,9 @@ def describe(reason: SkipReason, ep: STTEndpoint, d: Decision) -> str:
         return "cannot stream, and a streaming session was asked for"
     if reason is SkipReason.NO_API_KEY:
         return f"environment variable {ep.connection.api_key_env} is not set"
+    if reason is SkipReason.BUDGET_EXHAUSTED:
+        who = f"tenant {d.budget.tenant!r}" if d.budget is not None else "the tenant"
+        return f"costs {ep.cost_per_hour} US$/h and {who} has spent its budget (free_only)"
     return "unavailable: circuit breaker open or unhealthy"
 
 
@@ -113,6 +131,9 @@ class Decision:
         verdicts: one per registered endpoint, in registration order.
         rule: the policy rule that matched (``None`` when none did).
         endpoints: every registered endpoint at decision time (for explanations).
+        load: ``(replica id, streams held)`` of every pool replica in the chain, when the
+            decision was given a load view.
+        budget: the session's budget standing, when it has a budget.
     """
 
     conditions: Conditions
@@ -122,6 +143,8 @@ class Decision:
     verdicts: tuple[Verdict, ...]
     rule: str | None = None
     endpoints: tuple[STTEndpoint, ...] = attrs.field(default=(), repr=False)
+    load: tuple[tuple[str, int], ...] = ()
+    budget: Standing | None = None
 
     @property
     def chain_ids(self) -> tuple[str, ...]:
@@ -165,6 +188,8 @@ class Decision:
             "rule": self.rule,
             "chain": [ep.id for ep in self.chain],
             "verdicts": [{**v.to_dict(), "detail": self._detail(v)} for v in self.verdicts],
+            "load": dict(self.load),
+            "budget": None if self.budget is None else self.budget.to_dict(),
         }
 
     def to_json(self, **kwargs: Any) -> str:
@@ -179,14 +204,23 @@ class Decision:
             + f" language={self.language or 'any'} streaming={'yes' if self.streaming else 'no'}"
         )
         lines = [head, f"rule: {self.rule or '(none matched)'}"]
+        if self.budget is not None:
+            lines += [s.describe() for s in self.budget.statuses]
         by_id = {ep.id: ep for ep in self.endpoints}
+        load = dict(self.load)
         rows = [("#", "endpoint", "provider", "location", "why")]
         for v in sorted(self.verdicts, key=lambda v: (v.rank is None, v.rank or 0)):
             ep = by_id.get(v.endpoint_id)
             prov = ep.provider if ep else "?"
             loc = ep.location.value if ep else "?"
             if v.rank is not None:
-                rows.append((str(v.rank + 1), v.endpoint_id, prov, loc, "chosen"))
+                why = "chosen"
+                if ep is not None and ep.pool is not None:
+                    held = load.get(ep.id)
+                    why += f" (pool {ep.pool}, weight {ep.weight:g}" + (
+                        ")" if held is None else f", {held} streams)"
+                    )
+                rows.append((str(v.rank + 1), v.endpoint_id, prov, loc, why))
             else:
                 rows.append(("-", v.endpoint_id, prov, loc, f"{v.reason}: {self._detail(v)}"))
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
@@ -209,7 +243,8 @@ _NO_LANGUAGE = _CODE[SkipReason.LANGUAGE_UNSUPPORTED]
 _NO_STREAMING = _CODE[SkipReason.NOT_STREAMING]
 _NO_KEY = _CODE[SkipReason.NO_API_KEY]
 _BREAKER = _CODE[SkipReason.BREAKER_OPEN]
-_PlanKey = tuple[str, str, str]
+_BUDGET = _CODE[SkipReason.BUDGET_EXHAUSTED]
+_PlanKey = tuple[int, str, str, str]  # budget band, then the enums' plain string values
 
 
 # (registration index, endpoint, languages, streams, api key env, memory needed, id): a plain
@@ -222,6 +257,8 @@ class _Plan:
     rule: str | None
     candidates: tuple[_Candidate, ...]
     template: tuple[Verdict | None, ...]  # static verdicts by registration index; None = candidate
+    pooled: tuple[int, ...] = ()  # positions of candidates that are pool replicas
+    priced: tuple[int, ...] = ()  # positions of candidates with a price
 
 
 @attrs.frozen
@@ -232,6 +269,7 @@ class _Compiled:
     # prebuilt verdicts: ranked[i][rank] and skipped[i][reason code]
     ranked: tuple[tuple[Verdict, ...], ...]
     skipped: tuple[tuple[Verdict, ...], ...]
+    bands: tuple[float, ...] = ()
 
 
 def _static_reason(ep: STTEndpoint, combo: Combo) -> SkipReason | None:
@@ -250,10 +288,10 @@ def _is_last_resort(ep: STTEndpoint) -> bool:
 
 
 def _order(
-    policy: Policy, endpoints: tuple[STTEndpoint, ...], combo: Combo
+    policy: Policy, endpoints: tuple[STTEndpoint, ...], combo: Combo, remaining: float | None
 ) -> tuple[str | None, list[int], set[int]]:
     """(rule name, ordered indices of endpoints in the chain before filtering, excluded set)."""
-    rule = policy.rule_for(*combo)
+    rule = policy.rule_for(*combo, remaining)
     excluded: set[int] = set()
     order: list[int] = []
     if rule is not None:
@@ -275,7 +313,7 @@ def _order(
     last = [i for i in order if _is_last_resort(endpoints[i])]
     last += [i for i in rest if _is_last_resort(endpoints[i]) and i not in last]
     last.sort(key=lambda i: _tie_key(endpoints[i], i))
-    order = [i for i in order if i not in last] + last
+    order = group_pools([i for i in order if i not in last] + last, endpoints)
     excluded.difference_update(last)
     return (None if rule is None else rule.name), order, excluded
 
@@ -286,8 +324,12 @@ def _compile(policy: Policy, registry: EndpointRegistry) -> _Compiled:
     skipped = tuple(tuple(Verdict(ep.id, None, r) for r in _REASONS) for ep in endpoints)
     ranked = tuple(tuple(Verdict(ep.id, k, None) for k in range(n)) for ep in endpoints)
     plans: dict[_PlanKey, _Plan] = {}
-    for combo in ALL_COMBOS:
-        rule, order, excluded = _order(policy, endpoints, combo)
+    bands = policy.budget_bands()
+    # band k holds remaining shares in [bands[k-1], bands[k]); the last band is "no budget
+    # rule matches", as for a session without a budget
+    for band, combo in itertools.product(range(len(bands) + 1), ALL_COMBOS):
+        remaining = None if band == len(bands) else (bands[band - 1] if band else 0.0)
+        rule, order, excluded = _order(policy, endpoints, combo, remaining)
         template: list[Verdict | None] = [None] * n
         candidates = []
         for i, ep in enumerate(endpoints):
@@ -310,9 +352,11 @@ def _compile(policy: Policy, registry: EndpointRegistry) -> _Compiled:
                         ep.id,
                     )
                 )
-        key = (combo[0]._value_, combo[1]._value_, combo[2]._value_)
-        plans[key] = _Plan(rule, tuple(candidates), tuple(template))
-    return _Compiled(registry.version, endpoints, plans, ranked, skipped)
+        key = (band, combo[0]._value_, combo[1]._value_, combo[2]._value_)
+        pooled = tuple(p for p, c in enumerate(candidates) if c[1].pool is not None)
+        priced = tuple(p for p, c in enumerate(candidates) if c[1].cost_per_hour > 0)
+        plans[key] = _Plan(rule, tuple(candidates), tuple(template), pooled, priced)
+    return _Compiled(registry.version, endpoints, plans, ranked, skipped, bands)
 
 
 _MEMO_LIMIT = 4096
@@ -380,6 +424,9 @@ class Router:
         streaming: bool = True,
         health: HealthView | None = None,
         environ: Mapping[str, str] | None = None,
+        *,
+        load: LoadView | None = None,
+        budget: BudgetView | None = None,
     ) -> Decision:
         """The ordered chain for ``conditions`` and a verdict for every registered endpoint.
 
@@ -390,12 +437,31 @@ class Router:
             health: breaker/health view; endpoints it reports unavailable are skipped.
             environ: where API keys are looked up (default ``os.environ``); only presence
                 is checked, values are never read into the decision.
+            load: streams held per endpoint (an admission controller, or a
+                :class:`~sttrouter.panel.pools.PoolLoad` with recent latencies): orders each
+                pool's replicas, least loaded first.
+            budget: the session's budget (``book.view(tenant)``): rules with
+                ``budget_below`` match on it, and a spent ``free_only`` budget leaves priced
+                endpoints out (``budget_exhausted``).
         """
         state = self._compiled
         if state is None or state.version != self.registry.version:
             state = self._state()
+        standing = budget.standing() if budget is not None else None
+        band = len(state.bands)
+        free_only = False
+        if standing is not None:
+            remaining = standing.remaining
+            if state.bands and remaining is not None:
+                band = bisect.bisect_right(state.bands, remaining)
+            free_only = standing.free_only
         plan = state.plans[
-            (conditions.tier._value_, conditions.network._value_, conditions.thermal._value_)
+            (
+                band,
+                conditions.tier._value_,
+                conditions.network._value_,
+                conditions.thermal._value_,
+            )
         ]
         env = os.environ if environ is None else environ
         lang = base = None
@@ -412,50 +478,154 @@ class Router:
                     self._filters.clear()
                 self._filters[fkey] = pre
         outcome, keyed, usable = pre
-        checks = keyed if health is None else usable
+        checks = keyed if health is None and not free_only else usable
         if checks:
-            # what can change between calls without the router seeing it: keys, health
+            # what can change between calls without the router seeing it: keys, budget, health
             dynamic = list(outcome)
+            priced = plan.priced if free_only else ()
             for pos, key_env, eid in checks:
                 if key_env is not None and not env.get(key_env):
                     dynamic[pos] = _NO_KEY
+                elif pos in priced:
+                    dynamic[pos] = _BUDGET
                 elif health is not None and not health.is_available(eid):
                     dynamic[pos] = _BREAKER
             outcome = tuple(dynamic)
-        if self._memoize:
-            key = (fkey, outcome)
+        loads: tuple[tuple[str, int], ...] = ()
+        latency: LatencyView | None = None
+        if load is not None and plan.pooled:
+            if callable(getattr(load, "latency", None)):
+                latency = cast("LatencyView", load)
+            cands = plan.candidates
+            loads = tuple(
+                (cands[p][6], load.in_use(cands[p][6])) for p in plan.pooled if outcome[p] is None
+            )
+        # a budget's spend and recent latencies change with every call: not memoised
+        memoize = self._memoize and standing is None and latency is None
+        if memoize:
+            key = (fkey, outcome, loads)
             hit = self._memo.get(key)
             if hit is not None and (hit.conditions is conditions or hit.conditions == conditions):
                 return hit
         verdicts = list(plan.template)
-        chain: list[STTEndpoint] = []
+        order: list[tuple[int, STTEndpoint]] = []
         ranked, skipped = state.ranked, state.skipped
         for (i, ep, *_), reason in zip(plan.candidates, outcome, strict=True):
             if reason is None:
-                verdicts[i] = ranked[i][len(chain)]
-                chain.append(ep)
+                order.append((i, ep))
             else:
                 verdicts[i] = skipped[i][reason]
+        if loads:
+            assert load is not None
+            order = _balance(order, load, latency)
+        for rank, (i, _ep) in enumerate(order):
+            verdicts[i] = ranked[i][rank]
         decision = Decision(
             conditions=conditions,
             language=lang,
             streaming=streaming,
-            chain=tuple(chain),
+            chain=tuple(ep for _i, ep in order),
             verdicts=cast("tuple[Verdict, ...]", tuple(verdicts)),
             rule=plan.rule,
             endpoints=state.endpoints,
+            load=loads,
+            budget=standing,
         )
-        if self._memoize:
+        if memoize:
             if len(self._memo) >= _MEMO_LIMIT:
                 self._memo.clear()
             self._memo[key] = decision
         return decision
 
+    def bind(
+        self,
+        *,
+        load: LoadView | None = None,
+        budget: BudgetView | None = None,
+        before: Callable[[], object] | None = None,
+    ) -> BoundRouter:
+        """This router with a load view and a budget given to every decision: what a routed
+        session takes as its ``router`` (``RoutedSession(router=router.bind(...))``).
+
+        Args:
+            load: streams held per endpoint (``state.admission``), for pool balancing.
+            budget: the session's budget (``book.view(tenant)``).
+            before: called before every decision (e.g. a budget meter's ``sample``, so spend
+                is metered at each start, failover and utterance boundary).
+        """
+        return BoundRouter(self, load=load, budget=budget, before=before)
+
     def plan(
         self, tier: DeviceTier, network: NetworkStatus, thermal: ThermalState
     ) -> tuple[str | None, tuple[str, ...]]:
-        """The matched rule and the candidate ids before per-call filtering (for tooling)."""
-        p = self._state().plans[
-            (DeviceTier(tier).value, NetworkStatus(network).value, ThermalState(thermal).value)
+        """The matched rule and the candidate ids before per-call filtering, for a session
+        without a budget (for tooling)."""
+        state = self._state()
+        p = state.plans[
+            (
+                len(state.bands),
+                DeviceTier(tier).value,
+                NetworkStatus(network).value,
+                ThermalState(thermal).value,
+            )
         ]
         return p.rule, tuple(c[6] for c in p.candidates)
+
+
+def _balance(
+    order: list[tuple[int, STTEndpoint]], load: LoadView, latency: LatencyView | None
+) -> list[tuple[int, STTEndpoint]]:
+    """Each run of one pool's replicas in ``order``, least loaded first."""
+    out: list[tuple[int, STTEndpoint]] = []
+    k = 0
+    while k < len(order):
+        pool = order[k][1].pool
+        end = k + 1
+        if pool is not None:
+            while end < len(order) and order[end][1].pool == pool:
+                end += 1
+        run = order[k:end]
+        if len(run) > 1:
+            run.sort(key=lambda item: replica_key(item[1], item[0], load, latency))
+        out += run
+        k = end
+    return out
+
+
+class BoundRouter:
+    """A :class:`Router` that gives every decision the same load view and budget (see
+    :meth:`Router.bind`); it has the ``decide`` a routed session asks."""
+
+    def __init__(
+        self,
+        router: Router,
+        *,
+        load: LoadView | None = None,
+        budget: BudgetView | None = None,
+        before: Callable[[], object] | None = None,
+    ) -> None:
+        self.router, self.load, self.budget, self.before = router, load, budget, before
+
+    @property
+    def registry(self) -> EndpointRegistry:
+        return self.router.registry
+
+    def decide(
+        self,
+        conditions: Conditions,
+        language: str | None = None,
+        streaming: bool = True,
+        health: HealthView | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> Decision:
+        if self.before is not None:
+            self.before()
+        return self.router.decide(
+            conditions,
+            language,
+            streaming,
+            health,
+            environ,
+            load=self.load,
+            budget=self.budget,
+        )

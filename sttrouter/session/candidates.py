@@ -84,13 +84,15 @@ def candidates(
             comes from a router that already applied it.
         has_capacity: when given, an endpoint at its concurrency limit is skipped (a
             switch-back never queues; a failover waits in the queue instead).
-        above: stop at this endpoint (a switch-back looks only above the serving one).
+        above: stop at this endpoint, or at the first replica of its pool (a switch-back
+            looks only above the serving one, and never hops between replicas of one pool).
         include_recent_failures: a later sweep of the chain retries endpoints that failed in
             this session (breakers and health still decide).
     """
     out: list[Candidate] = []
+    pool = next((ep.pool for ep in chain if ep.id == above), None) if above else None
     for ep in chain:
-        if ep.id == above:
+        if ep.id == above or (pool is not None and ep.pool == pool):
             break
         why = standing.skip_reason(ep.id, include_recent_failures=include_recent_failures)
         if why is None and available is not None and not available(ep.id):
