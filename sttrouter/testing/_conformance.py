@@ -97,13 +97,16 @@ async def _check_unsupported_option(service: STTService, fmt: AudioFormat) -> No
 
 
 def _finalize_point(finals: list[STTResult]) -> float | None:
-    """Seconds into the clip where speech is going on: past the first word of the first final
-    with text (its middle when it has no words); ``None`` without such a final."""
+    """Seconds into the clip where speech is surely going on, late in the first utterance
+    with text: just into its last word (three quarters of the way through when it has no
+    word times); ``None`` without such a final."""
     first = next((r for r in finals if r.transcript.strip()), None)
     if first is None:
         return None
-    middle = first.start + first.duration / 2
-    return max(middle, first.words[0].end) if first.words else middle
+    if len(first.words) >= 2:
+        last = first.words[-1]
+        return last.start + (last.end - last.start) / 4
+    return first.start + first.duration * 3 / 4
 
 
 async def _check_finalize(
@@ -123,8 +126,7 @@ async def _check_finalize(
             if r.is_final and r.transcript.strip():
                 got_text.set()
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(consume)
+    async def drive() -> str | None:
         await service.finalize()  # nothing sent yet: nothing to finalise
         sent = 0
         if cut is not None:
@@ -134,19 +136,27 @@ async def _check_finalize(
                 if fmt.seconds(sent * len(chunks[0])) > cut:
                     break
             await service.finalize()
-            try:
-                with anyio.fail_after(30):  # a guard, not a measure: the final is due now
-                    await got_text.wait()
-            except TimeoutError:
-                raise ConformanceError(
+            with anyio.move_on_after(30):  # a guard, not a measure: the final is due now
+                await got_text.wait()
+            if not got_text.is_set():
+                await service.cancel_streaming()
+                return (
                     f"finalize() after {fmt.seconds(sent * len(chunks[0])):.2f}s of speech "
                     "brought no final with text"
-                ) from None
+                )
             await service.finalize()  # again at once: at most an empty final
-            _check(service.is_streaming, "the stream must stay open after finalize()")
+            if not service.is_streaming:
+                await service.cancel_streaming()
+                return "the stream must stay open after finalize()"
         for chunk in chunks[sent:]:
             await service.send_audio(chunk)
         await service.stop_streaming()
+        return None
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(consume)
+        missing = await drive()
+    _check(missing is None, str(missing))
     finals = [r for r in collected if r.is_final]
     for before, after in itertools.pairwise(finals):
         _check(after.start >= before.start - 1e-6, "finals after finalize() must stay in order")
