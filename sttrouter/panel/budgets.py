@@ -270,8 +270,8 @@ class BudgetStatus:
 
     @property
     def remaining(self) -> float:
-        """The share of the limit left, 0..1."""
-        return max(0.0, 1.0 - self.spent / self.budget.limit)
+        """The share of the limit left, 0..1 (to 1e-9, so 0.8 of 1.0 spent leaves 0.2)."""
+        return max(0.0, round(1.0 - self.spent / self.budget.limit, 9))
 
     @property
     def exhausted(self) -> bool:
