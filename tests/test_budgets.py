@@ -108,13 +108,17 @@ async def test_the_book_counts_per_tenant_and_period_and_resets_with_the_period(
     book.record("acme", Spend())  # nothing to count
     acme = book.standing("acme")
     assert [round(s.remaining, 6) for s in acme.statuses] == [0.75, 0.75]
-    assert acme.remaining == 0.75 and not acme.free_only and not acme.refused
+    assert acme.remaining == 0.75
+    assert not acme.free_only
+    assert not acme.refused
     assert book.standing("other").remaining == 0.25  # each tenant its own hourly counter
     assert book.standing("nobody").statuses[0].spent == 0
     assert book.spent("acme", Period.DAY) == Spend(Decimal("0.25"), 900.0)
     book.record("acme", Spend(Decimal("0.80"), 2800.0))
     acme = book.standing("acme")
-    assert acme.free_only and acme.refused and acme.remaining == 0.0
+    assert acme.free_only
+    assert acme.refused
+    assert acme.remaining == 0.0
     with pytest.raises(BudgetExceeded) as caught:
         book.check("acme")
     err = caught.value
@@ -133,7 +137,8 @@ def test_replicas_sharing_counters_add_up() -> None:
     one, two = _book(budget, counters=shared), _book(budget, counters=shared)
     one.record("acme", Spend(Decimal("0.6")))
     two.record("acme", Spend(Decimal("0.6")))
-    assert one.standing("acme").free_only and two.standing("acme").free_only
+    assert one.standing("acme").free_only
+    assert two.standing("acme").free_only
     assert shared.keys() == ("acme/day:2026-12-31",)
 
 
@@ -233,7 +238,8 @@ async def test_spend_is_metered_while_the_stream_runs_and_the_limit_moves_it_to_
     check_coverage(speech, run, ["cloud", "free"])
     assert max(spent_at_boundaries) > 0  # metered while the stream ran, not only at its end
     moves = [e for e in run.events if e.endpoint_id == "free"]
-    assert moves and moves[0].kind is RouteEventKind.SWITCHED_BACK
+    assert moves
+    assert moves[0].kind is RouteEventKind.SWITCHED_BACK
     meter.sample()
     spent = book.spent("acme", Period.HOUR)
     # the limit was crossed at an utterance boundary; the stream moved there: the overspend
