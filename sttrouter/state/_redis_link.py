@@ -72,6 +72,7 @@ class RedisLink:
         self._wake = asyncio.Event()
         self.dropped = 0
         self._busy = False
+        self._idle = asyncio.Event()
         self._down_errors: tuple[type[BaseException], ...] = (
             OSError,
             TimeoutError,
@@ -96,6 +97,7 @@ class RedisLink:
             self.dropped += 1
             return
         self._outbox.append(op)
+        self._idle.clear()
         self._wake.set()
 
     async def writer(self) -> None:
@@ -109,11 +111,12 @@ class RedisLink:
                 with contextlib.suppress(Exception):
                     await self.call(op)
                 self._busy = False
+            self._idle.set()
 
     async def flush(self) -> None:
         """Return once every queued write was sent (or dropped because the server is down)."""
-        while self._outbox or self._busy:
-            await asyncio.sleep(self.settings.deadline / 50)
+        if self._outbox or self._busy:
+            await self._idle.wait()
 
     def down(self, exc: BaseException) -> None:
         self.failures += 1
@@ -128,6 +131,7 @@ class RedisLink:
             )
         self.ok = False
         self._outbox.clear()
+        self._idle.set()
 
     def up(self) -> None:
         if self.ok:
