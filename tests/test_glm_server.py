@@ -284,3 +284,26 @@ def test_base_url_is_required_and_client_options_are_checked() -> None:
 def test_read_marks_reads_synthetic_speech() -> None:
     assert read_marks(SPEECH.pcm) == SPEECH.text
     assert read_marks(b"") == ""
+
+
+async def test_stream_options_reach_the_request_and_finalize_cuts_a_segment() -> None:
+    from sttrouter.options import StreamOptions
+
+    async with FakeOpenAITranscriptionServer() as srv:
+        svc = GLMServerSTTService(endpoint(srv.url))
+        options = StreamOptions(language="en-GB", prompt="A physics lesson.", keywords=("GLM",))
+        results = await svc.start_streaming(options=options)
+        first_end = SPEECH.utterances[0][1]
+        split = round(first_end * 16000 * 2) // 2 * 2 - 3200  # inside the first utterance
+        await svc.send_audio(SPEECH.pcm[:split])
+        await svc.finalize()
+        await svc.send_audio(SPEECH.pcm[split:])
+        await svc.stop_streaming()
+        finals = [r async for r in results if r.is_final and r.transcript]
+        form = srv.transcriptions[0].fields
+        assert (form["language"], form["prompt"]) == ("en", "A physics lesson. GLM")
+        assert len(srv.transcriptions) == 3  # the first utterance was cut in two
+        assert " ".join(r.transcript for r in finals) == SPEECH.text
+        # the batch path records its latency like every engine's
+        await svc.transcribe(SPEECH.pcm)
+        assert svc.metrics.latency_count == len(finals) + 1

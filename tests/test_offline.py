@@ -356,3 +356,35 @@ def test_recognizer_directly_on_a_pooled_decoder() -> None:
         assert rec.finish() == []
     finally:
         DECODERS.release(key, decoder, cmn)
+
+
+async def test_finalize_mid_speech_cuts_the_utterance_and_only_english_is_taken() -> None:
+    from sttrouter.errors import UnsupportedOption
+    from sttrouter.options import StreamOptions
+
+    data, fmt = clip("hello_16k.wav")
+    split = fmt.bytes_for(2.5)
+    service = OfflineSTTService()
+    with pytest.raises(UnsupportedOption, match="language"):
+        await service.start_streaming(fmt, StreamOptions(language="de"))
+    with pytest.raises(UnsupportedOption, match="keywords"):
+        await service.start_streaming(fmt, StreamOptions(keywords=("hello",)))
+    results = await service.start_streaming(fmt, StreamOptions(language="en"))
+    for chunk in iter_chunks(data[:split], fmt, 0.02):
+        await service.send_audio(chunk)
+    await service.finalize()
+    for chunk in iter_chunks(data[split:], fmt, 0.02):
+        await service.send_audio(chunk)
+    await service.stop_streaming()
+    finals = [r async for r in results if r.is_final]
+    cut = next(r for r in finals if r.end == pytest.approx(2.5))
+    assert cut.is_end_of_utterance
+    assert "my name is" in cut.transcript
+    assert finals[-1].end > 2.5  # the speech after the cut is its own utterance
+
+
+async def test_batch_records_latency() -> None:
+    data, fmt = clip("hello_16k.wav")
+    service = OfflineSTTService()
+    await service.transcribe(data, fmt)
+    assert service.metrics.latency_count == service.metrics.finals > 0

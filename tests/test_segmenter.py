@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sttrouter.audio import ENGINE_FORMAT
 from sttrouter.errors import ConfigError, StreamingFailed
 from sttrouter.providers._decoding import (
     find_repetition,
@@ -374,3 +375,24 @@ async def test_finals_are_ordered_disjoint_bounded_and_cover_every_word(
         # a forced cut may split one word into two halves, each heard: never lose one
         assert set(heard) == set(truth)
         assert len(heard) <= len(truth) + len(finals)
+
+
+async def test_finalize_cuts_the_open_segment_and_speech_goes_on() -> None:
+    speech = synthetic_speech((4,), gap_seconds=0.6, lead_seconds=0.2)
+    engine = MarkEngine()
+    svc = service(engine)
+    results = await svc.start_streaming()
+    await svc.finalize()  # nothing open: nothing to cut
+    split = ENGINE_FORMAT.bytes_for(0.55)  # inside the fourth word
+    await svc.send_audio(speech.pcm[:split])
+    await svc.finalize()
+    await svc.send_audio(speech.pcm[split:])
+    await svc.stop_streaming()
+    finals = [r async for r in results if r.is_final]
+    assert len(engine.calls) == 2  # the cut segment, then the rest of the utterance
+    assert finals[0].end == pytest.approx(0.55)
+    assert finals[0].is_end_of_utterance
+    words = speech.text.split()
+    assert finals[0].transcript == " ".join(words)  # the fourth word began before the cut
+    assert finals[1].start == pytest.approx(0.55)
+    assert finals[1].transcript == words[-1]  # and ends after it
