@@ -24,7 +24,8 @@ Trace format::
     note = "device heats up"       # optional, shown in the output
 
     [[fault]]                      # parsed and reported; executed by the routed session
-    endpoint = "glm-server"
+    endpoint = "glm-server"        # an endpoint, one replica of a pool ("glm#2"), or a pool
+                                   # ("glm": every replica at once)
     kind = "outage"                # outage | stall | latency
     at = "50m"
     duration = "3m"                # optional: until the end of the session
@@ -45,6 +46,7 @@ from typing import Any
 
 import attrs
 
+from sttrouter.endpoint import STTEndpoint
 from sttrouter.errors import ConfigError
 from sttrouter.panel import _toml
 from sttrouter.panel.device import (
@@ -252,10 +254,22 @@ class Trace:
     def faults_during(self, start: float, end: float) -> tuple[FaultSpec, ...]:
         return tuple(f for f in self.faults if f.overlaps(start, end, self.duration))
 
+    def faults_for(self, endpoint: STTEndpoint) -> tuple[FaultSpec, ...]:
+        """The faults that hit ``endpoint``: those naming it, and those naming its pool (an
+        outage of every replica at once)."""
+        return tuple(
+            f
+            for f in self.faults
+            if f.endpoint == endpoint.id
+            or (endpoint.pool is not None and f.endpoint == endpoint.pool)
+        )
+
     def check_endpoints(self, registry: EndpointRegistry) -> None:
-        """Raise :class:`ConfigError` if a fault names an endpoint the registry lacks."""
+        """Raise :class:`ConfigError` if a fault names neither a registered endpoint nor a
+        pool."""
+        pools = {ep.pool for ep in registry if ep.pool is not None}
         for i, fault in enumerate(self.faults):
-            if fault.endpoint not in registry:
+            if fault.endpoint not in registry and fault.endpoint not in pools:
                 known = ", ".join(ep.id for ep in registry)
                 raise ConfigError(
                     f"fault[{i}] names an endpoint that is not registered (known: {known})",

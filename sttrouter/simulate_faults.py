@@ -271,7 +271,7 @@ async def simulate_faults(
         ep.id: _SimEngine(
             ep,
             clock,
-            tuple(f for f in trace.faults if f.endpoint == ep.id),
+            trace.faults_for(ep),
             trace.duration,
             offline,
         )

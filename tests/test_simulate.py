@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from sttrouter.errors import ConfigError
 from sttrouter.panel.device import Conditions, DeviceTier, NetworkStatus, ThermalState
-from sttrouter.panel.registry import default_registry
+from sttrouter.panel.registry import EndpointRegistry, default_registry
 from sttrouter.panel.router import Router
 from sttrouter.simulate import (
     ConditionChange,
@@ -271,3 +271,53 @@ def test_simulate_faults_exits_1_with_a_summary_when_words_are_lost(
     # without --faults nothing is executed, so nothing can be lost
     assert main(["simulate", str(path)]) == 0
     assert capsys.readouterr().err == ""
+
+
+def _pool_router() -> Router:
+    from sttrouter.testing import fake_endpoint
+
+    registry = EndpointRegistry()
+    registry.register_pool(
+        fake_endpoint("glm", cost_per_hour="0.05"), ["http://127.0.0.1:1", "http://127.0.0.1:2"]
+    )
+    registry.register(fake_endpoint("backup", cost_per_hour="0.36"))
+    return Router(registry)
+
+
+def _pool_trace(endpoint: str) -> Trace:
+    return Trace.loads(
+        f'name = "pool"\nduration = "1m"\n[initial]\ntier = "ultra"\n'
+        f'[[fault]]\nendpoint = "{endpoint}"\nkind = "outage"\nat = "20s"\n'
+    )
+
+
+@pytest.mark.anyio
+async def test_a_replica_outage_moves_the_stream_to_a_sibling() -> None:
+    from sttrouter.simulate_faults import simulate_faults
+
+    router = _pool_router()
+    trace = _pool_trace("glm#1")
+    trace.check_endpoints(router.registry)
+    sim = await simulate_faults(trace, router)
+    assert sim.words_once == sim.words
+    assert sim.uncovered == ()
+    moves = [
+        (e.previous_endpoint_id, e.endpoint_id) for e in sim.events if e.kind.value == "failover"
+    ]
+    assert moves == [("glm#1", "glm#2")]
+    assert "backup" not in {e.endpoint_id for e in sim.endpoints if e.audio_seconds}
+
+
+@pytest.mark.anyio
+async def test_a_pool_outage_takes_every_replica_down() -> None:
+    from sttrouter.simulate_faults import simulate_faults
+
+    router = _pool_router()
+    trace = _pool_trace("glm")
+    trace.check_endpoints(router.registry)  # a pool's id is a valid fault target
+    sim = await simulate_faults(trace, router)
+    assert sim.words_once == sim.words
+    served = {e.endpoint_id for e in sim.endpoints if e.audio_seconds}
+    assert "backup" in served
+    with pytest.raises(ConfigError, match="not registered"):
+        _pool_trace("gl").check_endpoints(router.registry)
