@@ -181,3 +181,59 @@ def test_simulate_without_faults(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "fault:" not in out
     assert "declared" not in out
     assert "chain:  offline" in out
+
+
+POOL_CONFIG = """
+[[endpoint]]
+id = "glm"
+provider = "glm_server"
+location = "self_hosted"
+cost_per_hour = "0.05"
+replicas = ["http://127.0.0.1:8001", "http://127.0.0.1:8002"]
+
+[[endpoint]]
+id = "offline"
+provider = "offline"
+
+[[budget]]
+tenant = "*"
+period = "day"
+limit_usd = "5.00"
+"""
+
+
+def test_route_shows_replicas_and_their_load(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "pool.toml"
+    config.write_text(POOL_CONFIG)
+    code = main(["route", "--config", str(config), "--load", "glm#1=3", "--load", "glm#2=1"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "chosen (pool glm, weight 1, 1 streams)" in out
+    assert out.index("glm#2") < out.index("glm#1")
+    code = main(["route", "--config", str(config), "--load", "glm#1"])
+    assert code == 1
+    assert "ID=STREAMS" in capsys.readouterr().err
+
+
+def test_route_for_a_tenant_over_its_budget(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "pool.toml"
+    config.write_text(POOL_CONFIG)
+    code = main(["route", "--config", str(config), "--tenant", "acme", "--spent", "6", "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert data["chain"] == ["offline"]
+    assert {v["endpoint"]: v["reason"] for v in data["verdicts"]}["glm#1"] == "budget_exhausted"
+    assert data["budget"]["free_only"] is True
+    code = main(["route", "--config", str(config), "--tenant", "acme", "--spent", "1.25"])
+    assert code == 0
+    assert (
+        "budget */day for acme: 1.25 of 5 US$ spent this day, 75% left" in capsys.readouterr().out
+    )
+    assert main(["route", "--tenant", "acme"]) == 1
+    assert "needs [[budget]] tables" in capsys.readouterr().err
+    assert main(["route", "--config", str(config), "--tenant", "a", "--spent", "x"]) == 1
+    assert "must be numbers" in capsys.readouterr().err

@@ -5,6 +5,8 @@ Examples::
     sttrouter route --tier ultra --network disconnected --thermal serious
     sttrouter route --device iPhone17,2 --ram-gb 8 --language zh --json
     sttrouter route --host --config endpoints.toml --policy policy.toml
+    sttrouter route --config endpoints.toml --load glm#1=3 --load glm#2=1   # pool replicas
+    sttrouter route --config endpoints.toml --tenant acme --spent 4.50      # budgets
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
 
+from sttrouter.errors import ConfigError
+from sttrouter.panel.budgets import BudgetBook, Spend
 from sttrouter.panel.device import (
     Conditions,
     DeviceTier,
@@ -94,6 +99,30 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--memory-gb", type=float, help="memory free for an in-process engine")
     p.add_argument("--language", help="BCP-47 language code the session needs (e.g. en, zh)")
     p.add_argument("--batch", action="store_true", help="a batch (non-streaming) request")
+    p.add_argument(
+        "--load",
+        action="append",
+        metavar="ID=STREAMS",
+        help="streams a pool replica holds now (repeatable): replicas are ordered least "
+        "loaded first",
+    )
+    p.add_argument(
+        "--tenant",
+        metavar="KEY",
+        help="decide for this tenant under the config's [[budget]] tables",
+    )
+    p.add_argument(
+        "--spent",
+        metavar="USD",
+        default="0",
+        help="with --tenant: US dollars the tenant has spent in every budget period",
+    )
+    p.add_argument(
+        "--spent-hours",
+        metavar="H",
+        default="0",
+        help="with --tenant: hours of priced audio the tenant has used in every budget period",
+    )
     add_router_arguments(p)
     p.add_argument("--json", action="store_true", help="print the decision as JSON")
     p.set_defaults(func=run)
@@ -114,13 +143,53 @@ def conditions_from_args(args: argparse.Namespace) -> Conditions:
     return Conditions(tier=tier, network=args.network, thermal=args.thermal, memory_gb=memory)
 
 
+class _Load(dict[str, int]):
+    """Streams per replica, from ``--load ID=N`` flags."""
+
+    def in_use(self, endpoint_id: str) -> int:
+        return self.get(endpoint_id, 0)
+
+
+def load_from_args(values: list[str] | None) -> _Load | None:
+    if not values:
+        return None
+    load = _Load()
+    for value in values:
+        eid, sep, count = value.partition("=")
+        if not sep or not count.strip().isdigit():
+            raise ConfigError(f"--load {value!r} must look like ID=STREAMS, e.g. glm#1=3")
+        load[eid.strip()] = int(count)
+    return load
+
+
+def budget_from_args(args: argparse.Namespace, router: Router) -> BudgetBook | None:
+    if args.tenant is None:
+        return None
+    budgets = router.registry.budgets
+    if not budgets:
+        raise ConfigError(
+            "--tenant needs [[budget]] tables in the --config registry file",
+            source=router.registry.source,
+        )
+    try:
+        spend = Spend(Decimal(args.spent), float(args.spent_hours) * 3600)
+    except (InvalidOperation, ValueError):
+        raise ConfigError("--spent and --spent-hours must be numbers") from None
+    book = BudgetBook(budgets)
+    book.record(args.tenant, spend)
+    return book
+
+
 def run(args: argparse.Namespace) -> int:
     router = router_from_args(args)
+    book = budget_from_args(args, router)
     decision = router.decide(
         conditions_from_args(args),
         language=args.language,
         streaming=not args.batch,
         environ=environ_from_args(args),
+        load=load_from_args(args.load),
+        budget=None if book is None else book.view(args.tenant),
     )
     if args.json:
         print(decision.to_json(indent=2))
