@@ -25,12 +25,14 @@ from typing import Any, Final
 import attrs
 
 from sttrouter.errors import ConfigError
+from sttrouter.panel.budgets import Budget, Period
 
 __all__ = [
     "DEFAULT_API_PRICES",
     "WEEKS_PER_MONTH",
     "ApiPrice",
     "ApiSummary",
+    "BudgetLine",
     "CostItem",
     "CostReport",
     "ProjectionRow",
@@ -38,6 +40,7 @@ __all__ = [
     "SelfHosting",
     "UsagePattern",
     "break_even_hours",
+    "budget_projection",
     "load_scenario",
     "money",
     "parse_amount",
@@ -460,3 +463,63 @@ def load_scenario(path: str | Path) -> Scenario:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}", source=str(p)) from exc
     return scenario_from_dict(data, source=str(p))
+
+
+@attrs.frozen
+class BudgetLine:
+    """A budget against a scenario's usage at one API price.
+
+    Attributes:
+        budget: the budget (it caps one tenant).
+        api: the API whose price is projected (``"audio"`` for a budget in audio hours).
+        per_user: one user's spend per budget period, in the budget's unit (US$ or hours).
+        users_covered: how many users one tenant's budget covers (``None``: no spend).
+        rows: ``(users, spend per period)`` for each user count of the scenario.
+    """
+
+    budget: Budget
+    api: str
+    per_user: Decimal
+    users_covered: int | None
+    rows: tuple[tuple[int, Decimal], ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        limit = self.budget.limit_usd or Decimal(str(self.budget.limit))
+        return {
+            **self.budget.to_dict(),
+            "api": self.api,
+            "per_user": str(money(self.per_user)),
+            "users_covered": self.users_covered,
+            "projected": [
+                {"users": u, "spend": str(money(v)), "over": v > limit} for u, v in self.rows
+            ],
+        }
+
+
+def _period_share(period: Period, weeks_per_month: Decimal) -> Decimal:
+    """An average period's share of a month at ``weeks_per_month``."""
+    if period is Period.MONTH:
+        return Decimal(1)
+    days = weeks_per_month * 7
+    return 1 / days if period is Period.DAY else 1 / (days * 24)
+
+
+def budget_projection(scenario: Scenario, budgets: Iterable[Budget]) -> tuple[BudgetLine, ...]:
+    """Each budget against the scenario's average spend per budget period: per API price for a
+    budget in US$, in priced audio hours for one in audio hours."""
+    lines = []
+    usage = scenario.usage
+    for budget in budgets:
+        hours = usage.hours_per_user * _period_share(budget.period, usage.weeks_per_month)
+        prices = (
+            [(a.name, a.cost_per_hour) for a in scenario.apis]
+            if budget.limit_usd is not None
+            else [("audio", Decimal(1))]
+        )
+        limit = budget.limit_usd or Decimal(str(budget.limit))
+        for name, price in prices:
+            per_user = hours * price
+            covered = int(limit / per_user) if per_user > 0 else None
+            rows = tuple((u, per_user * u) for u in scenario.users)
+            lines.append(BudgetLine(budget, name, per_user, covered, rows))
+    return tuple(lines)

@@ -423,3 +423,58 @@ def test_cli_prices_from_a_registry(tmp_path: Path, capsys: pytest.CaptureFixtur
     free.write_text('[[endpoint]]\nid = "glm"\nprovider = "glm_server"\n')
     assert main(["cost", "--registry", str(free)]) == 1
     assert "no endpoint has a cost_per_hour" in capsys.readouterr().err
+
+
+BUDGETS = """
+[[budget]]
+tenant = "*"
+period = "day"
+limit_usd = "5.00"
+
+[[budget]]
+tenant = "acme"
+period = "month"
+limit_audio_hours = 500
+on_exhausted = "refuse"
+
+[[budget]]
+period = "hour"
+limit_usd = "1"
+"""
+
+
+def test_cost_reports_budgets_against_the_scenario(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sttrouter.cli import main
+
+    path = tmp_path / "budgets.toml"
+    path.write_text(BUDGETS)
+    assert main(["cost", "--tutoring-scenario", "--budgets", str(path)]) == 0
+    out = capsys.readouterr().out
+    # 12 h per user per month of 28 days: 3/7 h a day, at 0.26 US$/h
+    assert "*/day         $5.00/day     free_only  deepgram-nova-3     $0.11             44" in out
+    assert "acme/month  500 h/month        refuse            audio     12.00             41" in out
+    assert main(["cost", "--tutoring-scenario", "--budgets", str(path), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    day, month, hour = data["budgets"]
+    assert day["projected"][0] == {"users": 100, "spend": "11.14", "over": True}
+    assert month["api"] == "audio"
+    assert month["users_covered"] == 41
+    assert hour["projected"][0]["over"] is False
+    empty = tmp_path / "none.toml"
+    empty.write_text('[[endpoint]]\nid = "a"\nprovider = "fake"\n')
+    assert main(["cost", "--budgets", str(empty)]) == 1
+    assert "no [[budget]] table" in capsys.readouterr().err
+
+
+def test_a_budget_of_free_usage_covers_everyone() -> None:
+    import attrs
+
+    from sttrouter.costs import budget_projection
+    from sttrouter.panel.budgets import Budget
+
+    scenario = attrs.evolve(tutoring_scenario(), apis=(ApiPrice("free", Decimal(0)),))
+    (line,) = budget_projection(scenario, [Budget("*", "day", limit_usd=1)])
+    assert line.users_covered is None
+    assert line.to_dict()["per_user"] == "0.00"

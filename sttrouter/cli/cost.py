@@ -13,11 +13,13 @@ import attrs
 from sttrouter.costs import (
     DEFAULT_API_PRICES,
     ApiPrice,
+    BudgetLine,
     CostItem,
     CostReport,
     Scenario,
     SelfHosting,
     UsagePattern,
+    budget_projection,
     load_scenario,
     money,
     parse_amount,
@@ -26,7 +28,7 @@ from sttrouter.costs import (
 )
 from sttrouter.errors import ConfigError
 
-__all__ = ["format_table", "register", "run", "scenario_from_args"]
+__all__ = ["format_budgets", "format_table", "register", "run", "scenario_from_args"]
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -75,6 +77,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="append",
         metavar="NAME=MONTHLY",
         help="a fixed monthly self-hosting cost item (repeatable; replaces the scenario's)",
+    )
+    p.add_argument(
+        "--budgets",
+        metavar="FILE",
+        help="a registry file with [[budget]] tables: each budget against the scenario's "
+        "spend per budget period, and how many users one tenant's budget covers",
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run)
@@ -226,10 +234,55 @@ def _grid(header: list[str], body: list[list[str]]) -> list[str]:
     return [line(header), "  ".join("-" * w for w in widths), *(line(r) for r in body)]
 
 
+def _budget_lines(args: argparse.Namespace, scenario: Scenario) -> tuple[BudgetLine, ...]:
+    if not args.budgets:
+        return ()
+    from sttrouter.panel.registry import EndpointRegistry
+
+    registry = EndpointRegistry.load(args.budgets)
+    if not registry.budgets:
+        raise ConfigError("no [[budget]] table in the file", source=registry.source)
+    return budget_projection(scenario, registry.budgets)
+
+
+def format_budgets(lines: Sequence[BudgetLine]) -> str:
+    """Budgets against the scenario's spend, as an aligned table."""
+    users = [u for u, _ in lines[0].rows]
+    header = ["budget", "limit", "on_exhausted", "api", "per user", "users covered"]
+    header += [f"{u:,} users" for u in users]
+    body = []
+    for line in lines:
+        b = line.budget
+        limit = f"${money(b.limit_usd):,}" if b.limit_usd is not None else f"{b.limit:g} h"
+        unit = "$" if b.limit_usd is not None else ""
+        cap = b.limit_usd if b.limit_usd is not None else Decimal(str(b.limit))
+        body.append(
+            [
+                b.label,
+                f"{limit}/{b.period.value}",
+                b.on_exhausted.value,
+                line.api,
+                f"{unit}{money(line.per_user)}",
+                "-" if line.users_covered is None else f"{line.users_covered:,}",
+                *(f"{unit}{money(v):,}" + (" over" if v > cap else "") for _, v in line.rows),
+            ]
+        )
+    out = ["Budgets (one tenant's spend per period at the scenario's average usage):"]
+    return "\n".join([*out, *_grid(header, body)])
+
+
 def run(args: argparse.Namespace) -> int:
-    report = project(scenario_from_args(args))
+    scenario = scenario_from_args(args)
+    report = project(scenario)
+    budgets = _budget_lines(args, scenario)
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+        data = report.to_dict()
+        if budgets:
+            data["budgets"] = [line.to_dict() for line in budgets]
+        print(json.dumps(data, indent=2, ensure_ascii=False))
     else:
         print(format_table(report))
+        if budgets:
+            print()
+            print(format_budgets(budgets))
     return 0
