@@ -313,15 +313,15 @@ class GLMServerSTTService(BaseSTTService):
         if self._segmenter is not None:
             self._segmenter.close()
             self._segmenter = None
+        if self._ws is not None:
+            ws, self._ws = self._ws, None
+            await ws.close()
 
     async def _finalize(self) -> None:
         """``openai`` mode cuts the current segment now; the gateway protocol has no such
         message, so in ``gateway`` mode the final comes at the gateway's next endpoint."""
         if self._segmenter is not None:
             await self._segmenter.cut()
-        if self._ws is not None:
-            ws, self._ws = self._ws, None
-            await ws.close()
 
     def _translate(self, exc: Exception) -> STTError:
         if not isinstance(exc, STTError):
