@@ -24,6 +24,7 @@ from sttrouter.clock import SYSTEM_CLOCK, Clock
 from sttrouter.endpoint import STTEndpoint
 from sttrouter.errors import ConfigError
 from sttrouter.events import EventListener, RouteEvent
+from sttrouter.panel.budgets import BudgetBook
 from sttrouter.panel.device import Conditions
 from sttrouter.panel.policy import Policy
 from sttrouter.panel.registry import EndpointRegistry
@@ -54,6 +55,8 @@ class RoutingContext:
         session_config: the default :class:`~sttrouter.SessionConfig` of every session.
         on_event: called with every route event of every session (besides a session's own
             listener).
+        budgets: the tenants' budgets and their spend (default: a book over the registry's
+            ``[[budget]]`` tables, counting in this process).
     """
 
     def __init__(
@@ -67,6 +70,7 @@ class RoutingContext:
         service_factory: ServiceFactory | None = None,
         session_config: SessionConfig | None = None,
         on_event: EventListener | None = None,
+        budgets: BudgetBook | None = None,
     ) -> None:
         if isinstance(registry_or_router, Router):
             if policy is not None:
@@ -89,6 +93,7 @@ class RoutingContext:
         self.service_factory: ServiceFactory = service_factory or self._create_service
         self.session_config = session_config or SessionConfig()
         self.on_event = on_event
+        self.budgets = budgets if budgets is not None else BudgetBook(self.registry.budgets)
 
     @classmethod
     def from_toml(
@@ -102,6 +107,7 @@ class RoutingContext:
         service_factory: ServiceFactory | None = None,
         session_config: SessionConfig | None = None,
         on_event: EventListener | None = None,
+        budgets: BudgetBook | None = None,
     ) -> Self:
         """A context over the registry TOML file at ``path``; ``policy`` may be a
         :class:`~sttrouter.Policy` or the path of a policy TOML file. The file's ``[state]``
@@ -121,6 +127,7 @@ class RoutingContext:
             service_factory=service_factory,
             session_config=session_config,
             on_event=on_event,
+            budgets=budgets,
         )
 
     @property
@@ -133,11 +140,18 @@ class RoutingContext:
         language: str | None = None,
         *,
         streaming: bool = True,
+        tenant: str | None = None,
     ) -> Decision:
         """The router's decision for ``conditions``, skipping what the shared breakers and
-        health views say is unavailable (reason ``breaker_open``)."""
+        health views say is unavailable (reason ``breaker_open``), with each pool's replicas
+        least loaded first, under ``tenant``'s budgets when one is given."""
         return self.router.decide(
-            conditions or Conditions(), language, streaming, health=self.state.view
+            conditions or Conditions(),
+            language,
+            streaming,
+            health=self.state.view,
+            load=self.state.admission,
+            budget=None if tenant is None else self.budgets.view(tenant),
         )
 
     def session(
@@ -148,6 +162,7 @@ class RoutingContext:
         chain: Sequence[STTEndpoint | str] | None = None,
         config: SessionConfig | None = None,
         on_event: EventListener | None = None,
+        tenant: str | None = None,
     ) -> RoutedSession:
         """A routed session that shares this context's breakers, health and admission limits.
 
@@ -159,11 +174,27 @@ class RoutingContext:
                 decision; the shared breakers and limits still apply.
             config: this session's settings (default: the context's ``session_config``).
             on_event: this session's route events (the context's listener hears them too).
+            tenant: whose budgets apply (see ``[[budget]]``): a spent ``refuse`` budget raises
+                :class:`~sttrouter.errors.BudgetExceeded` here, a spent ``free_only`` one
+                leaves priced endpoints out of the session's decisions, and the session's
+                spend is metered while it streams.
+
+        Raises:
+            BudgetExceeded: ``tenant``'s ``refuse`` budget is spent.
         """
         fixed = None if chain is None else tuple(self._endpoint(e) for e in chain)
-        return RoutedSession(
+        meter = None
+        if tenant is not None:
+            self.budgets.check(tenant)
+            meter = self.budgets.meter(tenant)
+        decider = self.router.bind(
+            load=self.state.admission,
+            budget=None if tenant is None else self.budgets.view(tenant),
+            before=None if meter is None else meter.sample,
+        )
+        session = RoutedSession(
             fixed,
-            router=None if fixed is not None else self.router,
+            router=None if fixed is not None else decider,
             conditions=conditions,
             language=language,
             service_factory=self.service_factory,
@@ -175,6 +206,10 @@ class RoutingContext:
             config=config or self.session_config,
             on_event=_both(self.on_event, on_event),
         )
+        if meter is not None:
+            meter.usage, meter.active = session.usage, lambda: session.is_streaming
+            self.budgets.attach(meter)
+        return session
 
     def monitor(self, config: HealthConfig | None = None) -> HealthMonitor:
         """A health monitor over every registered endpoint, probing through the context's

@@ -249,3 +249,42 @@ async def test_spend_is_metered_while_the_stream_runs_and_the_limit_moves_it_to_
     assert {r.endpoint_id for r in run.finals[-2:]} == {"free"}
     assert meter.sample() == meter.metered  # nothing new
     assert BudgetBook().meter("x").sample() == Spend()
+
+
+@pytest.mark.anyio
+async def test_a_context_refuses_meters_and_routes_a_tenant_by_its_budgets() -> None:
+    from sttrouter.context import RoutingContext
+
+    clock = FakeClock()
+    book = _book(
+        Budget("acme", "hour", limit_usd="0.002"),
+        Budget("acme", "day", limit_usd="0.004", on_exhausted="refuse"),
+        clock=clock,
+        sample_interval=0.5,
+    )
+    context = RoutingContext(
+        Router(_registry(), CLOUD_FIRST),
+        clock=clock,
+        service_factory=lambda ep: FakeSTTService(ep, clock=clock),
+        retry=RetryPolicy(attempts=1),
+        budgets=book,
+    )
+    assert context.decide(tenant="acme").chain_ids == ("cloud", "free")
+    session = context.session(tenant="acme")
+    speech = synthetic_speech((3, 3, 3, 3))
+    run = await drive(clock, session, speech)
+    check_coverage(speech, run, ["cloud", "free"])
+    assert run.finals[-1].endpoint_id == "free"  # the hourly free_only budget ran out
+    assert context.decide(tenant="acme").skipped() == {"cloud": SkipReason.BUDGET_EXHAUSTED}
+    assert context.decide(tenant="other").chain_ids == ("cloud", "free")
+    # the stream has ended: the next look at the tenant's standing meters what was left and
+    # lets the meter go
+    await clock.advance(1)
+    spent = book.standing("acme").statuses[0].spent
+    assert spent == float(session.cost)
+    assert book.live_meters("acme") == 0
+    # another session spends the rest of the day's budget, which refuses new sessions
+    book.record("acme", Spend(Decimal("0.002")))
+    with pytest.raises(BudgetExceeded, match="acme/day"):
+        context.session(tenant="acme")
+    assert context.session().chain[0].id == "cloud"  # no tenant, no budget

@@ -241,3 +241,24 @@ async def test_a_failed_replica_moves_its_stream_to_a_sibling_without_losing_aud
     assert set(built) == {"glm#2", "glm#3"}
     assert RouteEventKind.SWITCHED_BACK not in [e.kind for e in run.events]
     await tick(clock, busy.stop_streaming())
+
+
+@pytest.mark.anyio
+async def test_sessions_of_a_context_spread_over_a_pool() -> None:
+    from sttrouter.context import RoutingContext
+
+    clock = FakeClock()
+    reg, _ = _pooled(n=2)
+    context = RoutingContext(
+        reg,
+        policy=Policy([Rule("pool-first", prefer=["glm"])]),
+        clock=clock,
+        service_factory=lambda ep: FakeSTTService(ep, clock=clock),
+    )
+    first, second = context.session(), context.session()
+    await tick(clock, first.start_streaming())
+    assert context.decide().chain_ids[:2] == ("glm#2", "glm#1")  # glm#1 holds a stream
+    await tick(clock, second.start_streaming())
+    assert {first.endpoint.id, second.endpoint.id} == {"glm#1", "glm#2"}
+    await tick(clock, first.stop_streaming())
+    await tick(clock, second.stop_streaming())

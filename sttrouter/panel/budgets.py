@@ -13,12 +13,16 @@ stands:
   :meth:`BudgetBook.check` raise :class:`~sttrouter.errors.BudgetExceeded` for new sessions.
 
 Spend is metered while streams run: a :class:`BudgetMeter` reads a session's usage ledger at
-every decision the session asks for (its start, each failover and each utterance boundary) and
-when told to (:meth:`BudgetMeter.sample`). Running streams are never cut, so the overspend is
-bounded by the streams already running when the limit is crossed: under ``free_only`` each of
-them spends at most until its next utterance boundary (where it moves to a free endpoint);
-under ``refuse`` each spends until it ends. Across replicas the bound grows by what the
-replicas spend while their view of the shared counters catches up.
+every decision the session asks for (its start, each failover and each utterance boundary), and
+the book samples every live meter of a tenant whenever that tenant's standing is read and the
+last such sweep is ``sample_interval`` seconds old (so a stream's last utterance is counted
+soon after it ends, and a long utterance before it ends).
+
+Running streams are never cut, so the overspend is bounded by the streams already running when
+the limit is crossed: under ``free_only`` each of them spends at most until its next utterance
+boundary (where it moves to a free endpoint); under ``refuse`` each spends until it ends.
+Across replicas the bound grows by what the replicas spend while their view of the shared
+counters catches up.
 
 In a registry file::
 
@@ -381,10 +385,14 @@ class BudgetBook:
         *,
         counters: SpendCounters | None = None,
         wall: Callable[[], float] | None = None,
+        sample_interval: float = 1.0,
     ) -> None:
         self.budgets = tuple(budgets)
         self.counters: SpendCounters = counters if counters is not None else InMemorySpend()
         self._wall = wall or time.time
+        self.sample_interval = sample_interval
+        self._live: dict[str, dict[int, BudgetMeter]] = {}
+        self._swept: dict[str, float] = {}
 
     def _now(self) -> dt.datetime:
         return dt.datetime.fromtimestamp(self._wall(), _UTC)
@@ -404,6 +412,15 @@ class BudgetBook:
         return self.counters.get(f"{tenant}/{period.key(self._now())}")
 
     def standing(self, tenant: str) -> Standing:
+        """Every budget of ``tenant`` as it stands now (live meters sampled first, at most once
+        per ``sample_interval``)."""
+        live = self._live.get(tenant)
+        if live:
+            t = self._wall()
+            if t - self._swept.get(tenant, -float("inf")) >= self.sample_interval:
+                self._swept[tenant] = t
+                for meter in list(live.values()):
+                    meter.sample()
         now = self._now()
         statuses = []
         for b in self.applying(tenant):
@@ -434,10 +451,31 @@ class BudgetBook:
         return _TenantView(self, tenant)
 
     def meter(
-        self, tenant: str, usage: Callable[[], Mapping[str, _UsageRow]] | None = None
+        self,
+        tenant: str,
+        usage: Callable[[], Mapping[str, _UsageRow]] | None = None,
+        active: Callable[[], bool] | None = None,
     ) -> BudgetMeter:
-        """A meter adding what ``usage()`` (a session's ``usage``) grows by to ``tenant``."""
-        return BudgetMeter(self, tenant, usage)
+        """A meter adding what ``usage()`` (a session's ``usage``) grows by to ``tenant``;
+        ``active()`` says whether its stream still runs (``session.is_streaming``)."""
+        meter = BudgetMeter(self, tenant, usage, active)
+        if usage is not None:
+            self.attach(meter)
+        return meter
+
+    def attach(self, meter: BudgetMeter) -> None:
+        """Sample ``meter`` with the tenant's other live meters until its stream has ended."""
+        self._live.setdefault(meter.tenant, {})[id(meter)] = meter
+
+    def detach(self, meter: BudgetMeter) -> None:
+        live = self._live.get(meter.tenant)
+        if live is not None:
+            live.pop(id(meter), None)
+            if not live:
+                del self._live[meter.tenant]
+
+    def live_meters(self, tenant: str) -> int:
+        return len(self._live.get(tenant, ()))
 
 
 class BudgetMeter:
@@ -446,7 +484,9 @@ class BudgetMeter:
     ``usage`` returns per-endpoint rows with ``cost`` and ``audio_seconds`` (a routed session's
     :meth:`~sttrouter.RoutedSession.usage`, which counts running streams as they stand); rows
     with a cost count as priced audio. Call :meth:`sample` whenever spend should be up to date
-    (a router bound with this meter samples before every decision).
+    (a router bound with this meter samples before every decision; the book samples its live
+    meters when a standing is read). Once a sample finds the stream ended (``active()`` false
+    after it was seen true), the meter leaves the book's live set; a later sample puts it back.
     """
 
     def __init__(
@@ -454,9 +494,11 @@ class BudgetMeter:
         book: BudgetBook,
         tenant: str,
         usage: Callable[[], Mapping[str, _UsageRow]] | None = None,
+        active: Callable[[], bool] | None = None,
     ) -> None:
-        self.book, self.tenant, self.usage = book, tenant, usage
+        self.book, self.tenant, self.usage, self.active = book, tenant, usage, active
         self.metered = Spend()
+        self._seen_active = False
 
     def sample(self) -> Spend:
         """Record the growth since the last sample; returns the total metered so far."""
@@ -469,4 +511,10 @@ class BudgetMeter:
         )
         self.book.record(self.tenant, total - self.metered)
         self.metered = total
+        if self.active is None or self.active():
+            self._seen_active = True
+            self.book.attach(self)
+        elif self._seen_active:
+            self._seen_active = False
+            self.book.detach(self)
         return total
