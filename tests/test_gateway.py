@@ -461,7 +461,7 @@ async def test_http_transcriptions_json_text_sse_and_errors() -> None:
         decoder = wire.SSEDecoder()
         events = [e for d in decoder.feed(r.content) for e in wire.parse_stream_event(d)]
         assert wire.iter_text(iter(events)) == SPEECH.text
-        assert events[-1].kind == "done"
+        assert [e.kind for e in events[-2:]] == ["done", "end"]
         import io
 
         import numpy as np
@@ -506,7 +506,7 @@ async def test_http_backend_failures() -> None:
         assert (await post(client, app.http_url, {}, wav)).status_code == 429
         r = await post(client, app.http_url, {"stream": "true"}, wav)
         events = [e for d in wire.SSEDecoder().feed(r.content) for e in wire.parse_stream_event(d)]
-        assert [e.kind for e in events] == ["error"]  # OpenAI sends no [DONE]
+        assert [e.kind for e in events] == ["error", "end"]
 
 
 async def test_ready_probes_the_backend() -> None:

@@ -202,3 +202,7 @@ def test_start_negotiates_audio_and_pong_echoes_the_timestamp_exactly() -> None:
     assert '"timestamp":1700000000123' in str(gw.serialize(gw.Pong(1700000000123, 1.5)))
     assert "timestamp" not in str(gw.serialize(gw.Pong(None, 1.5)))
     assert gw.parse_server(gw.serialize(gw.Pong(None, 1.5))) == gw.Pong(None, 1.5)
+
+
+def test_finalize_round_trips() -> None:
+    assert gw.parse_client(gw.serialize(gw.Finalize())) == gw.Finalize()

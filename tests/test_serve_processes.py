@@ -3,9 +3,13 @@ while it holds the GIL) leaves the gateway's loop, ``/health`` and other session
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
+import itertools
 import json
 import multiprocessing
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +19,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from sttrouter.audio import ENGINE_FORMAT
 from sttrouter.gateway import protocol as gw
 from sttrouter.gateway._runner import AppServer
 from sttrouter.gateway.engine_processes import EngineProcesses
@@ -134,3 +139,60 @@ async def test_a_dead_worker_fails_its_streams() -> None:
             assert [m["code"] for m in got if m["type"] == "error"] == ["MODEL_UNAVAILABLE"]
         refused, _ = await stream(url, SPEECH.pcm)
         assert [m["code"] for m in refused] == ["MODEL_UNAVAILABLE"]
+
+
+class _InProcess:
+    """Stands in for a worker's process: the worker coroutine runs as a task of this loop
+    (so the worker's side is covered and checked without a process)."""
+
+    def __init__(self, task: asyncio.Task[None]) -> None:
+        self.task = task
+
+    def is_alive(self) -> bool:
+        return not self.task.done()
+
+    def join(self, timeout: float | None = None) -> None:
+        pass
+
+    def kill(self) -> None:
+        self.task.cancel()
+
+
+async def test_the_worker_protocol_in_process() -> None:
+    from sttrouter.errors import StreamingFailed, UnsupportedOption
+    from sttrouter.gateway import engine_processes as ep
+    from sttrouter.options import StreamOptions
+    from sttrouter.service import stream_transcribe
+
+    ours, theirs = socket.socketpair()
+    task = asyncio.create_task(ep._worker(theirs, fake_backend))
+    pool = ep.EngineProcesses.__new__(ep.EngineProcesses)
+    pool.ids = itertools.count(1)
+    from sttrouter.endpoint import Location, STTEndpoint
+
+    pool.endpoint = STTEndpoint(
+        id="p", provider="offline", location=Location.ON_DEVICE, needs_network=False
+    )
+    pool.workers = [ep._Worker(_InProcess(task), ours)]
+    transcript = await stream_transcribe(pool(gw.StreamConfig()), SPEECH.pcm, ENGINE_FORMAT)
+    assert transcript.text == SPEECH.text
+    await pool(gw.StreamConfig()).probe()
+    with pytest.raises(UnsupportedOption):
+        await pool(gw.StreamConfig()).start_streaming(options=StreamOptions(prompt="x"))
+    svc = pool(gw.StreamConfig())
+    results = await svc.start_streaming()
+    await svc.send_audio(SPEECH.pcm[:3200])
+    await svc.finalize()
+    await svc.cancel_streaming()
+    assert isinstance([r async for r in results], list)
+    assert ep._error(ep._error_payload(ValueError("x"))).message.startswith("the engine failed")
+    assert isinstance(ep._error(("failed", "boom")), StreamingFailed)
+    await pool.aclose()
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
+    theirs.close()
+    with pytest.raises(StreamingFailed):
+        pool.pick()
+    with pytest.raises(ValueError, match="at least one"):
+        ep.EngineProcesses(fake_backend, 0)

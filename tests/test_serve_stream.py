@@ -275,3 +275,28 @@ async def test_json_404_and_405() -> None:
         wrong = await client.delete(f"{app.http_url}/health")
         assert wrong.status_code == 405
         assert wrong.json()["error"]["code"] == "method_not_allowed"
+
+
+async def test_finalize_cuts_the_utterance_and_the_session_goes_on(
+    served: tuple[str, list[FakeSTTService]],
+) -> None:
+    url, made = served
+    async with connect(url) as ws:
+        await ws.send(json.dumps({"type": "finalize"}))  # before start: refused, recoverable
+        refused = json.loads(await ws.recv())
+        assert (refused["code"], refused["recoverable"]) == ("INVALID_MESSAGE", True)
+        await ws.send(start(interim_results=False))
+        chunks = SPEECH.chunks(0.1)
+        for chunk in chunks[:2]:  # two words of the first utterance
+            await ws.send(chunk)
+        await ws.send(b"")  # an empty frame carries nothing
+        await ws.send(json.dumps({"type": "finalize"}))
+        cut = json.loads(await ws.recv())
+        assert cut["type"] == "final"
+        assert cut["text"] == SPEECH.text.split()[0]  # w2 is still being spoken
+        for chunk in chunks[2:]:
+            await ws.send(chunk)
+        await ws.send(json.dumps({"type": "end"}))
+        rest = await messages(ws)
+    assert " ".join([cut["text"], text(rest)]) == SPEECH.text
+    assert made[-1].finalize_calls == 1

@@ -9,7 +9,7 @@ OpenAI's limit). Fields, as OpenAI's API defines them:
   (:mod:`sttrouter.wire.openai_formats`); ``timestamp_granularities[]`` (``segment``,
   ``word``) with ``verbose_json``;
 * ``stream=true`` — OpenAI's SSE events ``transcript.text.delta`` then
-  ``transcript.text.done`` (``json`` and ``text`` only);
+  ``transcript.text.done``, then ``data: [DONE]`` (``json`` and ``text`` only);
 * ``language`` and ``prompt`` — passed to the engine as stream options: honoured, or
   refused with 400 ``unsupported_option`` naming the field; never silently dropped.
 
@@ -330,6 +330,7 @@ async def _sse(server: GatewayServer, service: STTService, job: _Job) -> AsyncIt
         else:
             server.backend_worked()
             yield wire.sse_event(fmt_.done_event("".join(parts), seconds))
+        yield wire.sse_done()  # vLLM's terminator; OpenAI's SDK stops at it too
     finally:
         task.cancel()
         with contextlib.suppress(BaseException):

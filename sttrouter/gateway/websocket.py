@@ -115,8 +115,8 @@ class _Sender:
                 await self.ws.close(code, reason)
 
 
-class _Expired(Exception):
-    """A session timeout fired (the reason is the message)."""
+_CUT = b""
+"""In the audio queue: call the engine's ``finalize`` here."""
 
 
 class _Session:
@@ -189,6 +189,8 @@ class _Session:
                 await self._audio(parsed.pcm)
             elif isinstance(parsed, gw.Start):
                 await self._start(parsed.config)
+            elif isinstance(parsed, gw.Finalize):
+                await self._finalize()
             elif self.service is None:  # end before start: nothing to do
                 await self.sender.close(1000)
                 return
@@ -280,7 +282,17 @@ class _Session:
         await self._error(code, f"start refused: {message}")
         await self.sender.close(1008 if code is gw.ErrorCode.INVALID_MESSAGE else 1003)
 
+    async def _finalize(self) -> None:
+        """Queue a cut: the feeder calls the engine's ``finalize`` after the audio before it."""
+        if self.service is None:
+            await self._error(gw.ErrorCode.INVALID_MESSAGE, "send a start message first")
+            return
+        self.queue.append(_CUT)
+        self.wake.set()
+
     async def _audio(self, pcm: bytes) -> None:
+        if not pcm:
+            return  # an empty frame carries nothing (and is the feeder's cut marker)
         if self.service is None:
             await self._error(gw.ErrorCode.INVALID_MESSAGE, "send a start message before audio")
             return
@@ -335,6 +347,9 @@ class _Session:
             while True:
                 while self.queue:
                     chunk = self.queue.popleft()
+                    if chunk == _CUT:
+                        await self.service.finalize()
+                        continue
                     await self.service.send_audio(chunk)
                     self.queued -= len(chunk)
                     self.room.set()

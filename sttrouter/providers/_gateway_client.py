@@ -221,6 +221,16 @@ class GatewayStream:
         # a dropped frame (BUFFER_OVERFLOW) means this stream no longer covers every sample
         self._die(gw.error_for(msg.code, msg.message))
 
+    async def finalize(self) -> None:
+        """Send what is pending, then ask the gateway to end the utterance now."""
+        if self.pending:
+            await self._transmit(self.pending)
+            self.pending = b""
+        try:
+            await self.conn.send(gw.serialize(gw.Finalize()))
+        except Exception as exc:
+            raise translate_ws(exc) from exc
+
     async def finish(self) -> None:
         if self.pending:
             await self._transmit(self.pending)

@@ -318,10 +318,12 @@ class GLMServerSTTService(BaseSTTService):
             await ws.close()
 
     async def _finalize(self) -> None:
-        """``openai`` mode cuts the current segment now; the gateway protocol has no such
-        message, so in ``gateway`` mode the final comes at the gateway's next endpoint."""
+        """``openai`` mode cuts the current segment now; ``gateway`` mode sends the gateway's
+        ``finalize`` message, and the gateway's engine cuts its utterance."""
         if self._segmenter is not None:
             await self._segmenter.cut()
+        if self._ws is not None:
+            await self._ws.finalize()
 
     def _translate(self, exc: Exception) -> STTError:
         if not isinstance(exc, STTError):

@@ -10,6 +10,8 @@ Client → server (WebSocket):
   audio fields are optional (16 000, 1, ``pcm_s16le``): a server converts what it can and
   refuses the rest with one ``AUDIO_FORMAT_ERROR`` and a close;
 * ``{"type": "end"}``: no more audio; the server sends the last finals and closes (1000);
+* ``{"type": "finalize"}`` (sttrouter's addition): end the current utterance now with the
+  audio sent so far — its final comes as soon as the engine has it; the session stays open;
 * ``{"type": "ping", "timestamp": <number>}``.
 
 Server → client:
@@ -76,6 +78,7 @@ __all__ = [
     "End",
     "ErrorCode",
     "ErrorMessage",
+    "Finalize",
     "GatewayFailed",
     "MessageRejected",
     "Ping",
@@ -220,6 +223,11 @@ class End:
 
 
 @attrs.frozen
+class Finalize:
+    type: Literal["finalize"] = "finalize"
+
+
+@attrs.frozen
 class Ping:
     timestamp: int | float | None = None
     type: Literal["ping"] = "ping"
@@ -236,7 +244,7 @@ class Audio:
         return len(self.pcm) / 2 / SAMPLE_RATE
 
 
-ClientMessage = Start | End | Ping | Audio
+ClientMessage = Start | End | Finalize | Ping | Audio
 
 
 # -- server messages -------------------------------------------------------------------------
@@ -319,6 +327,8 @@ def serialize(message: ClientMessage | ServerMessage) -> str | bytes:
         body = {"type": "start", "config": config}
     elif isinstance(message, End):
         body = {"type": "end"}
+    elif isinstance(message, Finalize):
+        body = {"type": "finalize"}
     elif isinstance(message, Ping):
         body = {"type": "ping", "timestamp": message.timestamp}
     elif isinstance(message, Transcript):
@@ -419,9 +429,11 @@ def parse_client(data: str | bytes, *, binary: bool | None = None) -> ClientMess
             raise
     if kind == "end":
         return End()
+    if kind == "finalize":
+        return Finalize()
     if kind == "ping":
         return Ping(_num(obj, "timestamp"))
-    raise ProtocolError(f"unknown message type {kind!r}; use start, end or ping")
+    raise ProtocolError(f"unknown message type {kind!r}; use start, end, finalize or ping")
 
 
 def _start(obj: dict[str, Any]) -> Start:
