@@ -1,50 +1,19 @@
-"""The contract every engine adapter and the routed session fulfil.
-
-:class:`STTService` is the protocol (a port of UnaMentis' Swift ``STTServiceProtocol``).
-:class:`BaseSTTService` owns everything that is not engine-specific: the state machine, the
-bounded result channel, input validation and conversion, latency/cost metrics, background tasks
-and error translation. An adapter writes four hooks, and a fifth where the engine can be
-told to finalise::
-
-    async def _open(self) -> None            # connect; raise an STTError when it cannot
-    async def _send(self, pcm: bytes) -> None  # audio already in self.engine_format
-    async def _finish(self) -> None          # flush, emit the last results, close
-    async def _abort(self) -> None           # close now
-    async def _finalize(self) -> None        # force the current utterance's final
-
-The stream's :class:`~sttrouter.options.StreamOptions` are in ``self.stream_options`` during
-``_open``; the options an adapter honours are listed in ``supported_options`` (data, checked
-by the base class before ``_open``, which raises
-:class:`~sttrouter.errors.UnsupportedOption` for the rest).
-
-and reports results with ``await self._emit(result)`` (times on its own stream's timeline,
-0 = first sample of this stream) and failures with ``self._fail(error)``. Long-running receive
-loops are started with ``self._spawn(coro)``; an exception escaping one fails the stream.
-"""
+"""``BaseSTTService``: the machinery every adapter shares (see the package docstring)."""
 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import enum
-from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+import logging
+from collections.abc import AsyncIterator, Awaitable, Coroutine
+from contextlib import asynccontextmanager, suppress
 from decimal import Decimal
-from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import anyio
 import attrs
 
-from sttrouter.audio import (
-    ENGINE_FORMAT,
-    AudioChunk,
-    AudioConverter,
-    AudioFormat,
-    Encoding,
-    read_audio,
-)
+from sttrouter.audio import ENGINE_FORMAT, AudioChunk, AudioFormat
 from sttrouter.clock import SYSTEM_CLOCK, Clock
 from sttrouter.endpoint import STTEndpoint
 from sttrouter.errors import (
@@ -58,233 +27,19 @@ from sttrouter.errors import (
 from sttrouter.metrics import STTMetrics
 from sttrouter.options import StreamOptions
 from sttrouter.results import STTResult, Transcript
+from sttrouter.service._batch import load_input, stream_transcribe
+from sttrouter.service._channel import StreamState, results_of
+from sttrouter.service._contract import AudioInput, AudioStream
 
-__all__ = [
-    "AudioInput",
-    "AudioStream",
-    "BaseSTTService",
-    "STTService",
-    "ServiceFactory",
-    "iter_chunks",
-    "load_input",
-    "stream_transcribe",
-]
+__all__ = ["BaseSTTService"]
 
-AudioInput = AudioChunk | str | Path
-"""What ``transcribe`` accepts: raw audio (with its format) or a path to an audio file."""
-
-
-@runtime_checkable
-class STTService(Protocol):
-    """One async streaming interface to a speech-to-text engine.
-
-    One stream at a time per instance: ``start_streaming`` while streaming raises
-    :class:`~sttrouter.errors.AlreadyStreaming`; ``send_audio``/``stop_streaming`` without a
-    stream raise :class:`~sttrouter.errors.NotStreaming`.
-    """
-
-    endpoint: STTEndpoint
-
-    @property
-    def metrics(self) -> STTMetrics: ...
-
-    @property
-    def cost_per_hour(self) -> Decimal: ...
-
-    @property
-    def is_streaming(self) -> bool: ...
-
-    async def start_streaming(
-        self, audio_format: AudioFormat = ENGINE_FORMAT, options: StreamOptions | None = None
-    ) -> AsyncIterator[STTResult]:
-        """Open a stream; iterate the returned iterator for results.
-
-        ``options`` (language, keywords, prompt, interim results, punctuation) are honoured
-        or refused with :class:`~sttrouter.errors.UnsupportedOption` here, never ignored.
-        The iterator ends after ``stop_streaming`` delivered the last final, and raises the
-        stream's :class:`~sttrouter.errors.STTError` if the engine failed.
-        """
-        ...
-
-    async def send_audio(self, chunk: AudioChunk) -> None:
-        """Send one chunk in the format given to ``start_streaming``."""
-        ...
-
-    async def finalize(self) -> None:
-        """Force a final for the audio sent so far without ending the stream.
-
-        Deepgram's ``Finalize``, AssemblyAI's ``ForceEndpoint``, a segment cut for batch
-        engines. Safe to call when nothing is open (then it does nothing).
-        """
-        ...
-
-    async def stop_streaming(self) -> STTResult | None:
-        """Flush, wait for the last final, close; returns the last final result."""
-        ...
-
-    async def cancel_streaming(self) -> None:
-        """Close now without waiting for results. Safe to call at any time."""
-        ...
-
-    async def transcribe(
-        self, audio: AudioInput, audio_format: AudioFormat | None = None
-    ) -> Transcript:
-        """Transcribe a whole clip or file."""
-        ...
-
-    def stream(
-        self, audio_format: AudioFormat = ENGINE_FORMAT
-    ) -> AbstractAsyncContextManager[AudioStream]:
-        """``async with service.stream(fmt) as s:`` — always cleans up."""
-        ...
-
-    async def probe(self) -> None:
-        """Check the engine is reachable without billing a transcription; raise if not."""
-        ...
-
-
-ServiceFactory = Callable[[STTEndpoint], STTService]
-"""Builds a fresh service for one endpoint stream (what a routed session and a routing
-context use; :func:`sttrouter.providers.create_service` with a clock bound is the default)."""
+log = logging.getLogger("sttrouter.service")
 
 
 class _State(enum.Enum):
     IDLE = "idle"
     STREAMING = "streaming"
     STOPPING = "stopping"
-
-
-class ResultChannel:
-    """A bounded single-stream channel of results: ``send`` waits while it is full.
-
-    ``close`` lets the reader drain what is buffered, then ends its iteration; results sent
-    after ``close`` are dropped.
-    """
-
-    def __init__(self, capacity: int) -> None:
-        self._items: deque[STTResult] = deque()
-        self._capacity = capacity
-        self._closed = False
-        self._readable = asyncio.Event()
-        self._writable = asyncio.Event()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    async def send(self, item: STTResult) -> None:
-        while len(self._items) >= self._capacity and not self._closed:
-            self._writable.clear()
-            await self._writable.wait()
-        if self._closed:
-            return
-        self._items.append(item)
-        self._readable.set()
-
-    def close(self) -> None:
-        self._closed = True
-        self._readable.set()
-        self._writable.set()
-
-    def __aiter__(self) -> ResultChannel:
-        return self
-
-    async def __anext__(self) -> STTResult:
-        while not self._items:
-            if self._closed:
-                raise StopAsyncIteration
-            self._readable.clear()
-            await self._readable.wait()
-        item = self._items.popleft()
-        self._writable.set()
-        return item
-
-
-class _Stream:
-    """Everything that belongs to one stream of a service."""
-
-    def __init__(
-        self, source: AudioFormat, target: AudioFormat, buffer: int, options: StreamOptions
-    ) -> None:
-        self.send = ResultChannel(buffer)
-        self.options = options
-        self.source = source
-        self.target = target
-        self.converter = AudioConverter(source, target)
-        # caller bytes already in the engine's s16 format go to the engine as they are
-        self.passthrough = source == target and source.encoding is Encoding.PCM_S16LE
-        self.frame_bytes = source.frame_bytes
-        self.bytes_per_second = source.bytes_per_second
-        self.failure: STTError | None = None
-        self.engine_seconds = 0.0
-        self.mark_ends: list[float] = []
-        self.mark_times: list[float] = []
-        self.last_final: STTResult | None = None
-        self.tasks: set[asyncio.Task[None]] = set()
-
-    def mark(self, seconds: float, now: float) -> None:
-        self.engine_seconds += seconds
-        self.mark_ends.append(self.engine_seconds)
-        self.mark_times.append(now)
-
-    def latency_for(self, end: float, now: float) -> float | None:
-        """Seconds since the audio ending at ``end`` was sent."""
-        if not self.mark_ends:
-            return None
-        i = bisect.bisect_left(self.mark_ends, end - 1e-9)
-        i = min(i, len(self.mark_ends) - 1)
-        return max(0.0, now - self.mark_times[i])
-
-    def forget_before(self, end: float) -> None:
-        i = bisect.bisect_left(self.mark_ends, end - 1e-9)
-        if i > 0:
-            del self.mark_ends[:i]
-            del self.mark_times[:i]
-
-
-async def _results(stream: _Stream) -> AsyncIterator[STTResult]:
-    async for result in stream.send:
-        yield result
-    if stream.failure is not None:
-        raise stream.failure
-
-
-def iter_chunks(data: bytes, fmt: AudioFormat, seconds: float = 0.1) -> list[bytes]:
-    """Split raw audio into whole-frame chunks of ``seconds`` each (the last may be shorter)."""
-    size = max(fmt.frame_bytes, fmt.bytes_for(seconds))
-    return [data[i : i + size] for i in range(0, len(data), size)]
-
-
-def load_input(audio: AudioInput, audio_format: AudioFormat | None) -> tuple[bytes, AudioFormat]:
-    """Normalise ``transcribe``'s input to raw bytes plus their format."""
-    if isinstance(audio, str | Path):
-        data, fmt = read_audio(audio)
-        return data, fmt
-    fmt = audio_format or ENGINE_FORMAT
-    converter = AudioConverter(fmt, fmt)
-    data = converter.convert(audio)  # validates
-    if not data:
-        raise AudioFormatError("audio is empty; pass at least one sample")
-    return data, fmt
-
-
-@attrs.define
-class AudioStream:
-    """Handle yielded by ``service.stream(fmt)``: send audio, iterate results, stop."""
-
-    service: STTService
-    results: AsyncIterator[STTResult]
-    stopped: bool = False
-
-    async def send(self, chunk: AudioChunk) -> None:
-        await self.service.send_audio(chunk)
-
-    async def stop(self) -> STTResult | None:
-        self.stopped = True
-        return await self.service.stop_streaming()
-
-    def __aiter__(self) -> AsyncIterator[STTResult]:
-        return self.results
 
 
 class BaseSTTService:
@@ -309,7 +64,7 @@ class BaseSTTService:
         self.clock: Clock = clock or SYSTEM_CLOCK
         self._metrics = STTMetrics(endpoint.cost_per_hour)
         self._state = _State.IDLE
-        self._stream: _Stream | None = None
+        self._stream: StreamState | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(endpoint={self.endpoint.id!r}, state={self._state.value})"
@@ -357,7 +112,7 @@ class BaseSTTService:
                 endpoint_id=self.endpoint.id,
             )
         self.check_options(options)
-        stream = _Stream(audio_format, self.engine_format, self.result_buffer, options)
+        stream = StreamState(audio_format, self.engine_format, self.result_buffer, options)
         self._stream = stream
         self._state = _State.STREAMING
         try:
@@ -367,7 +122,7 @@ class BaseSTTService:
             if isinstance(exc, Exception):
                 raise self._translate(exc) from exc
             raise
-        return _results(stream)
+        return results_of(stream)
 
     async def send_audio(self, chunk: AudioChunk) -> None:
         stream = self._stream
@@ -588,7 +343,7 @@ class BaseSTTService:
             self._fail(self._translate(exc))
 
     # -- internals ------------------------------------------------------------------------
-    def _require_stream(self, what: str) -> _Stream:
+    def _require_stream(self, what: str) -> StreamState:
         if self._stream is None or self._state is _State.IDLE:
             raise NotStreaming(
                 f"{what} called on {self.endpoint.id} with no stream running; "
@@ -597,7 +352,7 @@ class BaseSTTService:
             )
         return self._stream
 
-    async def _push(self, stream: _Stream, data: bytes) -> None:
+    async def _push(self, stream: StreamState, data: bytes) -> None:
         if not data:
             return
         stream.mark(stream.target.seconds(len(data)), self.clock.now())
@@ -605,7 +360,7 @@ class BaseSTTService:
         if stream.failure is not None:
             raise stream.failure
 
-    async def _call(self, stream: _Stream, coro: Awaitable[None]) -> None:
+    async def _call(self, stream: StreamState, coro: Awaitable[None]) -> None:
         try:
             await coro
         except Exception as exc:
@@ -613,7 +368,7 @@ class BaseSTTService:
             assert stream.failure is not None
             raise stream.failure from exc
 
-    async def _teardown(self, stream: _Stream) -> None:
+    async def _teardown(self, stream: StreamState) -> None:
         for task in list(stream.tasks):
             task.cancel()
         for task in list(stream.tasks):
@@ -639,45 +394,3 @@ def _nbytes(chunk: AudioChunk, fmt: AudioFormat) -> int:
 
 def _word_count(result: STTResult) -> int:
     return len(result.words) if result.words else len(result.transcript.split())
-
-
-async def stream_transcribe(
-    service: STTService,
-    data: bytes,
-    fmt: AudioFormat,
-    *,
-    chunk_seconds: float = 0.1,
-    on_result: Callable[[STTResult], None] | None = None,
-    options: StreamOptions | None = None,
-) -> Transcript:
-    """Transcribe a clip by streaming it through ``service`` as fast as it accepts audio."""
-    collected: list[STTResult] = []
-    failure: BaseException | None = None
-    results = await service.start_streaming(fmt, options)
-
-    async def collect() -> None:
-        nonlocal failure
-        try:
-            async for r in results:
-                collected.append(r)
-                if on_result is not None:
-                    on_result(r)
-        except STTError as exc:
-            failure = exc
-
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(collect)
-            try:
-                for chunk in iter_chunks(data, fmt, chunk_seconds):
-                    await service.send_audio(chunk)
-                await service.stop_streaming()
-            except STTError as exc:
-                failure = failure or exc
-                await service.cancel_streaming()
-    except BaseException:
-        await service.cancel_streaming()
-        raise
-    if failure is not None:
-        raise failure
-    return Transcript.from_results(collected, duration=fmt.seconds(len(data)))
