@@ -41,6 +41,16 @@ class RouteEventKind(enum.StrEnum):
     """The coverage audit settled a span with speech energy that a final skipped or never
     covered (``interval``): two endpoints found no words in it, or no endpoint was left to
     replay it (then it is also in ``uncovered``)."""
+    HEDGE_OPENED = "hedge_opened"
+    """The serving endpoint gave no result for speech within the hedge threshold: a second
+    endpoint (same language capability) was opened beside it and replays the buffer."""
+    HEDGE_WON = "hedge_won"
+    """The hedge delivered an utterance's final first (or the first endpoint failed): it
+    serves the stream now and the first endpoint was closed."""
+    HEDGE_CANCELLED = "hedge_cancelled"
+    """A hedge was closed (the first endpoint's final came first, the hedge failed, the
+    stream ended) or not opened (cost cap, no endpoint of the same language capability
+    could open)."""
 
 
 @attrs.frozen

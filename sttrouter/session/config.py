@@ -10,6 +10,7 @@ from sttrouter.endpoint import STTEndpoint
 from sttrouter.errors import ConfigError
 from sttrouter.panel.device import Conditions
 from sttrouter.resilience import HealthView
+from sttrouter.session.hedge import HedgeConfig
 
 __all__ = ["Decider", "SessionConfig"]
 
@@ -75,6 +76,8 @@ class SessionConfig:
         stop_timeout: ``stop_streaming`` as a whole (last finals, failovers on the way) ends
             within this long, raising :class:`~sttrouter.errors.NoEndpointAvailable` with the
             audio that has no final. ``None``: three times ``finish_timeout``.
+        hedge: hedge a slow endpoint with a second one (:class:`HedgeConfig`); ``None``
+            (the default): never.
     """
 
     replay_seconds: float = attrs.field(default=30.0, validator=_positive)
@@ -90,6 +93,7 @@ class SessionConfig:
     final_timeout: float | None = attrs.field(default=None, validator=_positive_or_none)
     send_timeout: float = attrs.field(default=2.0, validator=_positive)
     stop_timeout: float | None = attrs.field(default=None, validator=_positive_or_none)
+    hedge: HedgeConfig | None = None
 
     @property
     def final_deadline(self) -> float:

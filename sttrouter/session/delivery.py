@@ -34,6 +34,7 @@ class ResultPath:
     Attributes:
         endpoints: the session's endpoint opener (set once it exists).
         coverage: the skipped spans waiting for a verdict.
+        hold: a hedge leg the buffer must not be trimmed past (it may lag the watermark).
     """
 
     endpoints: EndpointOpener
@@ -45,13 +46,14 @@ class ResultPath:
         journal: Journal,
         config: SessionConfig,
         emit: Callable[[STTResult], Awaitable[None]],
-        at_boundary: Callable[[Leg], None],
+        at_boundary: Callable[[Leg, bool], None],
     ) -> None:
         self.timeline, self.buf, self.journal, self.config = timeline, buffer, journal, config
         self.emit, self.at_boundary = emit, at_boundary
         self.coverage = Coverage()
         self.min_gap = buffer.format.bytes_for(MIN_GAP_SECONDS)
         self.silent_until = 0
+        self.hold: Leg | None = None
 
     def reset(self) -> None:
         """A new stream."""
@@ -74,23 +76,24 @@ class ResultPath:
             return
         for withheld in leg.empty.on_text():
             await self.deliver_final(withheld, leg)
-        await self.deliver_final(res, leg)
+        delivered = await self.deliver_final(res, leg)
         if not leg.confirmed:
             leg.confirmed = True
             self.endpoints.record_success(leg.endpoint)
         if res.is_end_of_utterance:
-            self.at_boundary(leg)
+            self.at_boundary(leg, delivered)
 
-    async def deliver_final(self, result: STTResult, leg: Leg) -> None:
+    async def deliver_final(self, result: STTResult, leg: Leg) -> bool:
         """Audit the span before ``result``, then deliver what is new of it and move the
-        watermark (the buffer is trimmed up to it, never past a leg still opening)."""
+        watermark (the buffer is trimmed up to it, never past a leg still opening nor past a
+        hedge's audio); ``True`` when some of it was delivered."""
         timeline = self.timeline
         lo = timeline.final_pos
         if not self.audit_gap(leg, timeline.position(result.start)):
-            return  # the leg gave up: the skipped span is replayed with this one
+            return False  # the leg gave up: the skipped span is replayed with this one
         kept = timeline.admit_final(result)
         if kept is None:
-            return  # already finalised by an earlier endpoint
+            return False  # already finalised by an earlier endpoint (or a hedge)
         for skip in self.coverage.settle(kept, lo, timeline.position(kept.end), leg.endpoint.id):
             self.journal.audited((skip.lo, skip.hi), leg.endpoint.id, reported=False)
         await self.emit(kept)
@@ -98,7 +101,12 @@ class ResultPath:
             self.endpoints.sweeps = 0
             self.journal.final_delivered()
             pos, floor = self.timeline.final_pos, self.endpoints.trim_floor
-            self.buf.trim(pos if floor is None else min(pos, floor))
+            if floor is not None:
+                pos = min(pos, floor)
+            if self.hold is not None:
+                pos = min(pos, self.hold.fed)
+            self.buf.trim(pos)
+        return True
 
     def audit_gap(self, leg: Leg, upto: int) -> bool:
         """``leg`` delivered finals up to the watermark and next reports from ``upto`` (or

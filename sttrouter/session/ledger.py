@@ -1,7 +1,8 @@
 """The usage ledger of a routed session: audio, replays, failures and cost per endpoint.
 
 Replayed audio is billed again by the vendor, so it counts in ``audio_seconds`` (and is shown
-apart in ``replayed_seconds``). The session's ``metrics.cost`` and ``session.cost`` both read
+apart in ``replayed_seconds``); so does audio sent to a hedge (shown apart in
+``hedged_seconds``). The session's ``metrics.cost`` and ``session.cost`` both read
 this ledger, so every export of session metrics sees what the endpoints really billed.
 """
 
@@ -28,16 +29,20 @@ class EndpointUsage:
     replayed_seconds: float
     cost: Decimal
     failures: int
+    hedged_seconds: float = 0.0
+    """Of ``audio_seconds``, audio it carried as a hedge (beside another endpoint)."""
 
 
 @attrs.frozen
 class LegUsage:
     """The audio one endpoint stream carried: ``audio_seconds`` sent, of which
-    ``replayed_seconds`` was replayed from the buffer."""
+    ``replayed_seconds`` was replayed from the buffer and ``hedged_seconds`` sent while it
+    was a hedge."""
 
     endpoint: STTEndpoint
     audio_seconds: float
     replayed_seconds: float
+    hedged_seconds: float = 0.0
 
 
 @attrs.define
@@ -47,11 +52,13 @@ class _Tally:
     audio_seconds: float = 0.0
     replayed_seconds: float = 0.0
     failures: int = 0
+    hedged_seconds: float = 0.0
 
     def add(self, leg: LegUsage) -> None:
         self.streams += 1
         self.audio_seconds += leg.audio_seconds
         self.replayed_seconds += leg.replayed_seconds
+        self.hedged_seconds += leg.hedged_seconds
 
     def copy(self) -> _Tally:
         return attrs.evolve(self)
@@ -92,6 +99,7 @@ class UsageLedger:
                 t.replayed_seconds,
                 cost_for(t.cost_per_hour, t.audio_seconds),
                 t.failures,
+                t.hedged_seconds,
             )
             for eid, t in tallies.items()
         }

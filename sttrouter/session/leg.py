@@ -120,6 +120,13 @@ class LegHooks:
     unfinalised: Callable[[int], tuple[int, int] | None]
     """``unfinalised(pos)``: the span before session position ``pos`` with speech and no
     final yet, if any (evaluated lazily, only when a final is overdue)."""
+    slow_after: Callable[[Leg], float | None] | None = None
+    """Hedging: seconds without a result after speech before the leg counts as slow
+    (``None``: not now); asked once per wait. ``None``: the session does not hedge."""
+    on_slow: Callable[[Leg], None] = lambda _leg: None
+    """The leg has waited ``slow_after`` seconds for a result after speech."""
+    on_response: Callable[[Leg, float], None] | None = None
+    """Seconds from speech sent to the result that answered it (hedging sessions only)."""
 
 
 @attrs.frozen
@@ -142,6 +149,8 @@ class Leg:
         fed: session byte position up to which audio has been sent to it.
         replay_end: where the buffer ended when it opened (audio after it is live).
         awaiting_since: when speech was sent that no result has answered yet.
+        hedge_end: session position up to which its audio was a hedge's (the audio from
+            ``offset`` to there is booked as hedged; ``offset`` for an ordinary leg).
     """
 
     __slots__ = (
@@ -154,6 +163,7 @@ class Leg:
         "failure",
         "fed",
         "guard",
+        "hedge_end",
         "hooks",
         "last_final_end",
         "loop",
@@ -165,6 +175,7 @@ class Leg:
         "sender",
         "service",
         "settings",
+        "slow_since",
         "state",
         "wake",
         "watchdog",
@@ -197,6 +208,8 @@ class Leg:
         self.abandoned = False
         self.confirmed = False
         self.awaiting_since: float | None = None
+        self.slow_since: float | None = None
+        self.hedge_end = offset
         self.wake = asyncio.Event()
         self.empty = EmptyFinals(settings.empty_final_limit)
         self.results: AsyncIterator[STTResult] | None = None
@@ -219,10 +232,12 @@ class Leg:
 
     def usage(self) -> LegUsage:
         replayed = max(0, min(self.fed, self.replay_end) - self.offset)
+        hedged = max(0, min(self.fed, self.hedge_end) - self.offset)
         return LegUsage(
             self.endpoint,
             (self.fed - self.offset) / BYTES_PER_SECOND,
             replayed / BYTES_PER_SECOND,
+            hedged / BYTES_PER_SECOND,
         )
 
     # -- life cycle -----------------------------------------------------------------------
@@ -349,6 +364,7 @@ class Leg:
     # -- tasks ----------------------------------------------------------------------------
     async def _read(self) -> None:
         assert self.results is not None
+        respond = self.hooks.on_response
         try:
             async for r in self.results:
                 if not self.listening:
@@ -360,7 +376,9 @@ class Leg:
                     return
                 if r.is_final:
                     self.last_final_end = r.end
-                self.awaiting_since = None
+                since, self.awaiting_since = self.awaiting_since, None
+                if since is not None and respond is not None:
+                    respond(self, self.hooks.clock.now() - since)
                 await self.hooks.on_result(self, r)
         except STTError as exc:
             if caller_fault(exc):
@@ -372,15 +390,26 @@ class Leg:
             self.fail(StreamingFailed("the engine ended the stream without an error"))
 
     async def _watch(self) -> None:
+        """The stall watchdog; for a hedging session also the moment the leg counts as slow
+        (once per wait for a result)."""
         timeout = self.settings.stall_timeout
-        clock = self.hooks.clock
+        clock, slow_after = self.hooks.clock, self.hooks.slow_after
         while self.listening:
             since = self.awaiting_since
             if since is None or self.state is LegState.FINISHING:
                 self.wake.clear()
                 await self.wake.wait()
                 continue
-            remaining = since + timeout - clock.now()
+            now = clock.now()
+            remaining = since + timeout - now
+            if slow_after is not None and self.slow_since != since:
+                after = slow_after(self)
+                if after is None or now >= since + after:
+                    self.slow_since = since
+                    if after is not None:
+                        self.hooks.on_slow(self)
+                    continue
+                remaining = min(remaining, since + after - now)
             if remaining > 0:
                 await clock.sleep(remaining)
                 continue

@@ -41,6 +41,7 @@ from sttrouter.service import ServiceFactory, STTService
 from sttrouter.session._replay import ReplayBuffer
 from sttrouter.session.candidates import Candidate, Standing, candidates
 from sttrouter.session.config import Decider, SessionConfig
+from sttrouter.session.hedge import same_languages
 from sttrouter.session.ledger import UsageLedger
 from sttrouter.session.leg import Leg, LegHooks, LegSettings, open_leg, timeout_option
 from sttrouter.session.timeline import Timeline
@@ -253,6 +254,15 @@ class EndpointOpener:
         if self._router is not None:
             self.chain = self.decide()
         return self.higher_than(serving)
+
+    def hedge_target(self, serving: STTEndpoint) -> STTEndpoint | None:
+        """The endpoint to hedge ``serving`` with: the first usable one of the chain besides
+        it, with the same language capability and room for another stream."""
+        for c in self._walk(with_capacity=True):
+            ep = c.endpoint
+            if c.usable and ep.id != serving.id and same_languages(ep, serving):
+                return ep
+        return None
 
     def build(self, endpoint: STTEndpoint) -> STTService:
         """A fresh service for ``endpoint`` (from the session's factory)."""

@@ -28,6 +28,7 @@ from sttrouter.service import BaseSTTService, ServiceFactory
 from sttrouter.session._replay import ReplayBuffer
 from sttrouter.session.config import Decider, SessionConfig
 from sttrouter.session.delivery import ResultPath
+from sttrouter.session.hedging import HedgeHooks, Hedger
 from sttrouter.session.journal import Journal
 from sttrouter.session.ledger import EndpointUsage, UsageLedger
 from sttrouter.session.leg import Leg, LegHooks, LegPool, LegState
@@ -55,7 +56,13 @@ class StreamState(enum.Enum):
     """The serving leg is caught up: each chunk goes straight to it."""
     MOVING = "moving"
     """A failover, switch or catch-up owns the stream: chunks are only buffered."""
+    HEDGED = "hedged"
+    """The serving leg and a caught-up hedge each get every chunk."""
     FINISHING = "finishing"
+
+
+_RUNNING = frozenset({StreamState.LIVE, StreamState.HEDGED})
+_STREAMING = _RUNNING | {StreamState.MOVING}
 
 
 class RoutedSession(BaseSTTService):
@@ -125,6 +132,9 @@ class RoutedSession(BaseSTTService):
         self._results = ResultPath(
             self._timeline, self._buf, self._journal, self.config, self._emit, self._at_boundary
         )
+        self._legs = LegPool(self._ledger, self._spawn)
+        hedge, hooks = self.config.hedge, self._leg_hooks()
+        self._hedger = None if hedge is None else Hedger(hedge, self._hedge_hooks(), self._legs)
         self._endpoints = EndpointOpener(
             static=static,
             router=router,
@@ -141,23 +151,39 @@ class RoutedSession(BaseSTTService):
             ledger=self._ledger,
             buffer=self._buf,
             timeline=self._timeline,
-            hooks=LegHooks(
-                self.clock,
-                self._spawn,
-                self._results.on_result,
-                self._on_leg_failure,
-                self._fail_stream,
-                self._results.unfinalised,
-            ),
+            hooks=self._hedger.leg_hooks(hooks) if self._hedger else hooks,
             event=self._journal.emit,
         )
         self._results.endpoints = self._endpoints
+        if self._hedger is not None:
+            self._hedger.attach(self._endpoints, self._results, self._journal, self._buf)
         if self._endpoints.chain:
             self.endpoint = self._endpoints.chain[0]
         self._lock = asyncio.Lock()
         self._stream_state = StreamState.IDLE
-        self._legs = LegPool(self._ledger, self._spawn)
         self._reset_stream_state()
+
+    def _leg_hooks(self) -> LegHooks:
+        return LegHooks(
+            self.clock,
+            self._spawn,
+            self._results.on_result,
+            self._on_leg_failure,
+            self._fail_stream,
+            self._results.unfinalised,
+        )
+
+    def _hedge_hooks(self) -> HedgeHooks:
+        return HedgeHooks(
+            self._spawn,
+            lambda: self._leg,
+            lambda: self._stream_state in _STREAMING,
+            lambda: self._stream_state is StreamState.HEDGED,
+            self._owning,
+            self._catch_up,
+            self._promote,
+            self._hedge_ended,
+        )
 
     def _reset_stream_state(self) -> None:
         self._buf.reset()
@@ -168,6 +194,8 @@ class RoutedSession(BaseSTTService):
         self._recovery: asyncio.Task[None] | None = None
         self._reroute: str | None = None
         self._finalize_pending = False
+        if self._hedger is not None:
+            self._hedger.begin()
 
     # -- public surface -------------------------------------------------------------------
     @property
@@ -265,6 +293,10 @@ class RoutedSession(BaseSTTService):
         if dropped is not None:
             self._journal.overflow(dropped, self.endpoint.id, self.config.replay_seconds)
         if self._stream_state is not StreamState.LIVE:
+            if self._stream_state is StreamState.HEDGED:
+                assert self._hedger is not None
+                if not await self._hedger.send(pcm, before, self._max_send):
+                    await self._send_slowly(self._leg)
             return  # whoever owns the stream catches up with the buffer
         leg = self._leg
         if (
@@ -274,7 +306,11 @@ class RoutedSession(BaseSTTService):
             and len(pcm) <= self._max_send
         ):
             await leg.feed(pcm, buf.end)  # live and caught up: the common case
-        elif leg is None or not leg.healthy:
+        else:
+            await self._send_slowly(leg)
+
+    async def _send_slowly(self, leg: Leg | None) -> None:
+        if leg is None or not leg.healthy:
             self._start_failover()  # the caller never waits for a failover
         else:
             async with self._owning():
@@ -282,7 +318,7 @@ class RoutedSession(BaseSTTService):
 
     async def _finalize(self) -> None:
         self._finalize_pending = True  # applied once the serving leg has caught up
-        if self._stream_state is StreamState.LIVE:
+        if self._stream_state in _RUNNING:
             async with self._owning():
                 await self._catch_up()
 
@@ -313,6 +349,8 @@ class RoutedSession(BaseSTTService):
             if await leg.finish() and self._results.audit_gap(leg, self._buf.end):
                 self._breakers.breaker(leg.endpoint.id).record_success()
                 await self._legs.close(leg)
+                if self._hedger is not None:
+                    self._hedger.cancel("the stream ended")
                 return
 
     async def _abort(self) -> None:
@@ -320,6 +358,8 @@ class RoutedSession(BaseSTTService):
         await self._legs.close_all()
 
     async def _teardown(self, stream: Any) -> None:
+        if self._hedger is not None:
+            self._hedger.end()
         await self._abort()
         await super()._teardown(stream)
         self._journal.end()
@@ -330,13 +370,15 @@ class RoutedSession(BaseSTTService):
     async def _owning(self) -> AsyncIterator[None]:
         """Hold the stream: chunks only buffer meanwhile, and the holder catches up."""
         async with self._lock:
-            if self._stream_state is StreamState.LIVE:
+            if self._stream_state in _RUNNING:
                 self._stream_state = StreamState.MOVING
             try:
                 yield
             finally:
                 if self._stream_state is StreamState.MOVING:
-                    self._stream_state = StreamState.LIVE
+                    hedge = self._hedger.leg if self._hedger is not None else None
+                    hedged = hedge is not None and hedge.healthy
+                    self._stream_state = StreamState.HEDGED if hedged else StreamState.LIVE
 
     async def _catch_up(self) -> None:
         """Bring the serving leg up to date with the buffer, failing over as needed (and
@@ -347,18 +389,23 @@ class RoutedSession(BaseSTTService):
             if leg is None or not leg.healthy:
                 await self._fail_over(leg)
                 continue
+            hedge = self._hedger.leg if self._hedger is not None else None
             if leg.fed < buf.end:
                 data = buf.read(leg.fed, self._chunk_bytes)
                 await leg.feed(data, max(leg.fed, buf.start) + len(data))
+            elif hedge is not None and hedge.healthy and hedge.fed < buf.end:
+                await self._hedger.feed(hedge, self._chunk_bytes)  # type: ignore[union-attr]
             elif self._finalize_pending:
                 await leg.finalize()
+                if hedge is not None and hedge.healthy:
+                    await hedge.finalize()
                 self._finalize_pending = not leg.healthy  # a failed leg's successor gets it
             else:
                 return
 
     def _start_failover(self) -> None:
         """Fail over in the background unless one is pending or the stream is not live."""
-        if self._recovery is not None or self._stream_state is not StreamState.LIVE:
+        if self._recovery is not None or self._stream_state not in _RUNNING:
             return
         self._stream_state = StreamState.MOVING
         self._recovery = self._spawn(self._recover())
@@ -380,6 +427,9 @@ class RoutedSession(BaseSTTService):
             rejected = self._endpoints.rejection(old)
             if rejected is not None:
                 raise rejected
+            if self._hedger is not None and self._hedger.take_over(old) is not None:
+                self.metrics.failovers += 1  # the hedge has the audio already: no replay
+                return
         self._leg = None
         lost = self._timeline.lost_to_overflow(self._buf.start)
         if lost is not None:  # the buffer overflowed: that audio is gone
@@ -401,6 +451,8 @@ class RoutedSession(BaseSTTService):
             self._endpoints.record_failure(leg.endpoint, error)
         if leg is self._leg:
             self._start_failover()
+        elif self._hedger is not None:
+            self._hedger.on_failure(leg)
 
     async def _fail_stream(self, error: STTError) -> None:
         """End the caller's stream with ``error`` (a caller error, or nothing left to serve)."""
@@ -408,7 +460,10 @@ class RoutedSession(BaseSTTService):
         self._fail(error)
 
     # -- switch-back and re-route ---------------------------------------------------------
-    def _at_boundary(self, leg: Leg) -> None:
+    def _at_boundary(self, leg: Leg, delivered: bool) -> None:
+        if self._hedger is not None and self._hedger.leg is not None:
+            self._hedger.at_boundary(leg, delivered)  # a hedge settles first
+            return
         finishing = self._stream_state is StreamState.FINISHING
         if leg is not self._leg or finishing or not self.config.switch_back:
             return
@@ -453,6 +508,17 @@ class RoutedSession(BaseSTTService):
         self._legs.add(leg)
         self._leg = leg
         self.endpoint = leg.endpoint
+
+    def _promote(self, leg: Leg) -> None:
+        """A hedge wins: the serving leg is dropped and ``leg`` serves."""
+        old = self._leg
+        if old is not None and old is not leg:
+            self._legs.drop(old, background=self.is_streaming)
+        self._serve(leg)
+
+    def _hedge_ended(self) -> None:
+        if self._stream_state is StreamState.HEDGED:
+            self._stream_state = StreamState.LIVE
 
     def _replay_span(self, leg: Leg) -> tuple[float, float]:
         return (self._buf.seconds(leg.offset), self._buf.seconds(self._buf.end))
