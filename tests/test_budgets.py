@@ -4,6 +4,7 @@ refusal, and spend metered from a running session's usage ledger."""
 from __future__ import annotations
 
 import datetime as dt
+import tomllib
 from decimal import Decimal
 from pathlib import Path
 
@@ -288,3 +289,28 @@ async def test_a_context_refuses_meters_and_routes_a_tenant_by_its_budgets() -> 
     with pytest.raises(BudgetExceeded, match="acme/day"):
         context.session(tenant="acme")
     assert context.session().chain[0].id == "cloud"  # no tenant, no budget
+
+
+def _doc_blocks(heading: str) -> list[str]:
+    import re
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "routing.md").read_text()
+    section = text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return [m.strip() for m in re.findall(r"```toml\n(.*?)```", section, flags=re.S)]
+
+
+def test_the_toml_in_the_routing_docs_loads(tmp_path: Path) -> None:
+    import textwrap
+
+    (pools,) = _doc_blocks("Endpoint pools")
+    reg = EndpointRegistry.from_dict(tomllib.loads(pools), source="docs")
+    assert [ep.id for ep in reg] == ["glm#1", "glm#2", "glm-big#1", "glm-big-spare"]
+    registry, rules = _doc_blocks("Cost budgets")
+    reg = EndpointRegistry.from_dict(tomllib.loads(registry), source="docs")
+    assert [b.label for b in reg.budgets] == ["*/day", "acme-monthly"]
+    policy = Policy.from_dict(tomllib.loads(textwrap.dedent(rules)))
+    book = BudgetBook(reg.budgets)
+    router = Router(reg, policy)
+    assert router.decide(Conditions(), budget=book.view("acme")).rule == "cloud"
+    book.record("acme", Spend(Decimal("4.5")))
+    assert router.decide(Conditions(), budget=book.view("acme")).rule == "budget-low"

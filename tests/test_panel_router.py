@@ -403,6 +403,19 @@ def test_panel_public_names() -> None:
 
     assert sorted(panel.__all__) == sorted(
         [
+            "BoundRouter",
+            "Budget",
+            "BudgetBook",
+            "BudgetMeter",
+            "BudgetView",
+            "InMemorySpend",
+            "LoadView",
+            "OnExhausted",
+            "Period",
+            "PoolLoad",
+            "Replica",
+            "Spend",
+            "SpendCounters",
             "Conditions",
             "ConnectionConfig",
             "Decision",

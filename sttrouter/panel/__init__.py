@@ -1,10 +1,22 @@
-"""The patch panel: endpoints, conditions, policy and routing decisions. Pure: no I/O.
+"""The patch panel: endpoints, pools, conditions, policy, budgets and routing decisions. Pure:
+no I/O.
 
 ``Router(registry, policy).decide(conditions)`` returns a :class:`Decision`: the ordered chain
 of endpoints to try and, for every registered endpoint, its rank or why it was left out.
 """
 
 from sttrouter.endpoint import ConnectionConfig, Location, Provider, STTEndpoint
+from sttrouter.panel.budgets import (
+    Budget,
+    BudgetBook,
+    BudgetMeter,
+    BudgetView,
+    InMemorySpend,
+    OnExhausted,
+    Period,
+    Spend,
+    SpendCounters,
+)
 from sttrouter.panel.device import (
     Conditions,
     DeviceTier,
@@ -17,10 +29,16 @@ from sttrouter.panel.device import (
     tier_for_memory,
 )
 from sttrouter.panel.policy import Policy, Rule, Unlisted, default_policy
+from sttrouter.panel.pools import LoadView, PoolLoad, Replica
 from sttrouter.panel.registry import EndpointRegistry, default_registry
-from sttrouter.panel.router import Decision, HealthView, Router, SkipReason, Verdict
+from sttrouter.panel.router import BoundRouter, Decision, HealthView, Router, SkipReason, Verdict
 
 __all__ = [
+    "BoundRouter",
+    "Budget",
+    "BudgetBook",
+    "BudgetMeter",
+    "BudgetView",
     "Conditions",
     "ConnectionConfig",
     "Decision",
@@ -28,14 +46,22 @@ __all__ = [
     "EndpointRegistry",
     "HealthView",
     "HostInfo",
+    "InMemorySpend",
+    "LoadView",
     "Location",
     "NetworkStatus",
+    "OnExhausted",
+    "Period",
     "Policy",
+    "PoolLoad",
     "Provider",
+    "Replica",
     "Router",
     "Rule",
     "STTEndpoint",
     "SkipReason",
+    "Spend",
+    "SpendCounters",
     "ThermalState",
     "Unlisted",
     "Verdict",

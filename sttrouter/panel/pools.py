@@ -14,15 +14,15 @@ In a registry file a pool is one ``[[endpoint]]`` table with its replicas::
     id = "glm"
     provider = "glm_server"
     location = "self_hosted"
-    replicas = ["http://10.0.0.1:8000", "http://10.0.0.2:8000"]
+    replicas = ["https://glm-1.internal", "https://glm-2.internal"]
 
     # or, with a weight and a concurrency limit per replica:
     [[endpoint.replica]]
-    url = "http://10.0.0.3:8000"
+    url = "https://glm-3.internal"
     weight = 2
     max_concurrent_sessions = 8
 
-In code: ``registry.register_pool(endpoint, ["http://a:8000", Replica("http://b:8000")])``.
+In code: ``registry.register_pool(endpoint, ["https://a.internal", Replica("https://b.internal")])``.
 """
 
 from __future__ import annotations
