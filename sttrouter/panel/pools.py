@@ -28,18 +28,26 @@ In code: ``registry.register_pool(endpoint, ["https://a.internal", Replica("http
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
 from sttrouter.endpoint import STTEndpoint
 from sttrouter.errors import ConfigError
 
+if TYPE_CHECKING:
+    from sttrouter.panel.budgets import BudgetView
+    from sttrouter.panel.device import Conditions
+    from sttrouter.panel.registry import EndpointRegistry
+    from sttrouter.panel.router import Decision, HealthView, Router
+
 __all__ = [
+    "BoundRouter",
     "LatencyView",
     "LoadView",
     "PoolLoad",
     "Replica",
+    "balance",
     "expand_pool",
     "group_pools",
     "pool_to_dict",
@@ -240,3 +248,63 @@ def replica_key(
         ep.expected_latency_ms / 1000 if recent is None else recent,
         index,
     )
+
+
+def balance(
+    order: list[tuple[int, STTEndpoint]], load: LoadView, latency: LatencyView | None
+) -> list[tuple[int, STTEndpoint]]:
+    """Each run of one pool's replicas in ``order``, least loaded first."""
+    out: list[tuple[int, STTEndpoint]] = []
+    k = 0
+    while k < len(order):
+        pool = order[k][1].pool
+        end = k + 1
+        if pool is not None:
+            while end < len(order) and order[end][1].pool == pool:
+                end += 1
+        run = order[k:end]
+        if len(run) > 1:
+            run.sort(key=lambda item: replica_key(item[1], item[0], load, latency))
+        out += run
+        k = end
+    return out
+
+
+class BoundRouter:
+    """A router that gives every decision the same load view and budget (see
+    :meth:`~sttrouter.panel.router.Router.bind`); it has the ``decide`` a routed session
+    asks."""
+
+    def __init__(
+        self,
+        router: Router,
+        *,
+        load: LoadView | None = None,
+        budget: BudgetView | None = None,
+        before: Callable[[], object] | None = None,
+    ) -> None:
+        self.router, self.load, self.budget, self.before = router, load, budget, before
+
+    @property
+    def registry(self) -> EndpointRegistry:
+        return self.router.registry
+
+    def decide(
+        self,
+        conditions: Conditions,
+        language: str | None = None,
+        streaming: bool = True,
+        health: HealthView | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> Decision:
+        if self.before is not None:
+            self.before()
+        return self.router.decide(
+            conditions,
+            language,
+            streaming,
+            health,
+            environ,
+            load=self.load,
+            budget=self.budget,
+        )

@@ -45,7 +45,7 @@ from sttrouter.panel.device import Conditions, DeviceTier, NetworkStatus, Therma
 from sttrouter.panel.policy import ALL_COMBOS, Combo, Policy, Unlisted, default_policy
 from sttrouter.panel.policy import resolve_selector as _resolve
 from sttrouter.panel.policy import tie_break_key as _tie_key
-from sttrouter.panel.pools import LatencyView, LoadView, group_pools, replica_key
+from sttrouter.panel.pools import BoundRouter, LatencyView, LoadView, balance, group_pools
 from sttrouter.panel.registry import EndpointRegistry
 
 __all__ = ["BoundRouter", "Decision", "HealthView", "Router", "SkipReason", "Verdict"]
@@ -517,7 +517,7 @@ class Router:
                 verdicts[i] = skipped[i][reason]
         if loads:
             assert load is not None
-            order = _balance(order, load, latency)
+            order = balance(order, load, latency)
         for rank, (i, _ep) in enumerate(order):
             verdicts[i] = ranked[i][rank]
         decision = Decision(
@@ -570,62 +570,3 @@ class Router:
             )
         ]
         return p.rule, tuple(c[6] for c in p.candidates)
-
-
-def _balance(
-    order: list[tuple[int, STTEndpoint]], load: LoadView, latency: LatencyView | None
-) -> list[tuple[int, STTEndpoint]]:
-    """Each run of one pool's replicas in ``order``, least loaded first."""
-    out: list[tuple[int, STTEndpoint]] = []
-    k = 0
-    while k < len(order):
-        pool = order[k][1].pool
-        end = k + 1
-        if pool is not None:
-            while end < len(order) and order[end][1].pool == pool:
-                end += 1
-        run = order[k:end]
-        if len(run) > 1:
-            run.sort(key=lambda item: replica_key(item[1], item[0], load, latency))
-        out += run
-        k = end
-    return out
-
-
-class BoundRouter:
-    """A :class:`Router` that gives every decision the same load view and budget (see
-    :meth:`Router.bind`); it has the ``decide`` a routed session asks."""
-
-    def __init__(
-        self,
-        router: Router,
-        *,
-        load: LoadView | None = None,
-        budget: BudgetView | None = None,
-        before: Callable[[], object] | None = None,
-    ) -> None:
-        self.router, self.load, self.budget, self.before = router, load, budget, before
-
-    @property
-    def registry(self) -> EndpointRegistry:
-        return self.router.registry
-
-    def decide(
-        self,
-        conditions: Conditions,
-        language: str | None = None,
-        streaming: bool = True,
-        health: HealthView | None = None,
-        environ: Mapping[str, str] | None = None,
-    ) -> Decision:
-        if self.before is not None:
-            self.before()
-        return self.router.decide(
-            conditions,
-            language,
-            streaming,
-            health,
-            environ,
-            load=self.load,
-            budget=self.budget,
-        )
