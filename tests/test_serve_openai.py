@@ -224,6 +224,8 @@ async def test_unsupported_options_are_refused_not_dropped() -> None:
         assert plain.text == SPEECH.text
         models = await client.models.list()
         assert [m.id for m in models.data] == ["m"]
+        async with httpx.AsyncClient() as raw:  # a refused option is the request's fault
+            assert (await raw.get(f"{app.http_url}/ready")).status_code == 200
 
 
 async def test_a_blocked_engine_leaves_health_and_other_requests_served() -> None:

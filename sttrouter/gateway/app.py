@@ -51,7 +51,13 @@ from typing import Any
 import attrs
 
 from sttrouter.clock import SYSTEM_CLOCK, Clock
-from sttrouter.errors import AudioFormatError, CallerError, MissingDependency, STTError
+from sttrouter.errors import (
+    AudioFormatError,
+    CallerError,
+    MissingDependency,
+    STTError,
+    UnsupportedOption,
+)
 from sttrouter.gateway import http, websocket
 from sttrouter.gateway import protocol as gw
 from sttrouter.gateway.metrics import GatewayMetrics
@@ -172,7 +178,10 @@ class GatewayServer:
         """Note a backend failure: one that says the backend is misconfigured (a missing
         model, a bad option) makes ``/ready`` answer 503 with its message until the backend
         works again."""
-        if isinstance(exc, CallerError) and not isinstance(exc, AudioFormatError):
+        if isinstance(exc, CallerError) and not isinstance(
+            exc,
+            AudioFormatError | UnsupportedOption,  # the request's fault, not the backend's
+        ):
             self._broken = exc.message
 
     def backend_worked(self) -> None:
