@@ -170,6 +170,15 @@ class ConnectionConfig:
         env = os.environ if environ is None else environ
         return bool(env.get(self.api_key_env))
 
+    def secrets(self, environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+        """The secret values configured now (the API key when set): what error messages,
+        event reasons and logs must never contain."""
+        if self.api_key_env is None:
+            return ()
+        env = os.environ if environ is None else environ
+        key = env.get(self.api_key_env)
+        return (key,) if key else ()
+
     def api_key(self, environ: Mapping[str, str] | None = None) -> str | None:
         """Read the key from the environment now. Never log or store the returned value."""
         if self.api_key_env is None:

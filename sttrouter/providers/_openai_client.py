@@ -8,10 +8,11 @@ The wire format itself is in :mod:`sttrouter.wire.openai`.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
-from collections.abc import Mapping
-from typing import Final, Literal
+from collections.abc import Callable, Mapping
+from typing import Final, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -34,6 +35,7 @@ from sttrouter.wire.errors import from_http_status, retry_after
 from sttrouter.wire.openai import Flavor
 
 __all__ = [
+    "MAX_RESPONSE_BYTES",
     "ZAI_MAX_SECONDS",
     "Flavor",
     "OpenAITranscriptionClient",
@@ -45,6 +47,57 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ZAI_MAX_SECONDS: Final = 30.0
+
+MAX_RESPONSE_BYTES: Final = 256 * 1024
+"""Default cap on one answer's body: a 30 s segment's transcript is a few hundred bytes, so
+anything near this is a broken server, not speech."""
+
+OFF_LOOP_BYTES: Final = 32 * 1024
+"""Bodies (and texts) at least this large are decoded and checked in a worker thread, so
+one server's huge answer never freezes the other sessions of the process."""
+
+_T = TypeVar("_T")
+
+
+async def _off_loop(size: int, fn: Callable[..., _T], *args: object) -> _T:
+    """``fn(*args)``, in a worker thread when ``size`` is large."""
+    if size >= OFF_LOOP_BYTES:
+        return await asyncio.to_thread(fn, *args)
+    return fn(*args)
+
+
+async def read_capped(resp: httpx.Response, limit: int) -> bytes:
+    """The body of a streamed response, refused once it passes ``limit`` bytes."""
+    declared = resp.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise MalformedResponse(
+            f"the server answered {declared} bytes, over the {limit}-byte cap "
+            "(option max_response_bytes)"
+        )
+    body = bytearray()
+    async for chunk in resp.aiter_bytes():
+        body += chunk
+        if len(body) > limit:
+            raise MalformedResponse(
+                f"the server's answer passed the {limit}-byte cap (option max_response_bytes)"
+            )
+    return bytes(body)
+
+
+def parse_json_answer(content_type: str, body: bytes) -> str:
+    """The text of a ``response_format=json`` answer; anything else (an HTML "502 Bad
+    Gateway" page from a proxy, plain text) is :class:`MalformedResponse`, never a
+    transcript."""
+    if "json" not in content_type.lower():
+        excerpt = body[:80].decode("utf-8", errors="replace")
+        raise MalformedResponse(
+            f"the server answered 200 with {content_type or 'no content type'}, not the "
+            f"JSON asked for: {excerpt!r}"
+        )
+    try:
+        return wire.parse_transcription(content_type, body).text.strip()
+    except ValueError as exc:
+        raise MalformedResponse(f"unparseable answer: {exc}") from exc
 
 
 def guess_flavor(base_url: str) -> Flavor:
@@ -109,6 +162,8 @@ class OpenAITranscriptionClient:
         tokens_per_second: token budget scale (see :func:`token_budget`).
         repetition_penalty: used on the one retry after a loop.
         client: an ``httpx.AsyncClient`` to use (tests pass a transport); made when ``None``.
+        max_response_bytes: the cap on one answer's body; a larger one is
+            :class:`MalformedResponse`.
     """
 
     def __init__(
@@ -126,6 +181,7 @@ class OpenAITranscriptionClient:
         tokens_per_second: float = 10.0,
         repetition_penalty: float = 1.15,
         client: httpx.AsyncClient | None = None,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
         if flavor not in ("vllm", "sglang", "zai"):
             raise ConfigError(f"flavor {flavor!r} is unknown; use vllm, sglang or zai")
@@ -149,6 +205,7 @@ class OpenAITranscriptionClient:
         )
         if client is not None and api_key:
             self._client.headers.update(headers)
+        self.max_response_bytes = max_response_bytes
         self.requests = 0
         self.retries = 0
 
@@ -186,7 +243,7 @@ class OpenAITranscriptionClient:
         upload = self._encode(pcm, sample_rate)
         budget = token_budget(seconds, tokens_per_second=self.tokens_per_second)
         text, finish = await self._request(upload, budget, penalty=None)
-        if not (is_repetitive(text) or finish == "length"):
+        if not (await _off_loop(len(text), is_repetitive, text) or finish == "length"):
             return SegmentResult(text)
         self.retries += 1
         log.info("GLM-ASR output looped or ran out of tokens; retrying with a penalty")
@@ -236,13 +293,13 @@ class OpenAITranscriptionClient:
         try:
             if self.sse:
                 return await self._stream(url, content_type, body)
-            resp = await self._client.post(
-                url, content=body, headers={"content-type": content_type}
-            )
+            headers = {"content-type": content_type}
+            async with self._client.stream("POST", url, content=body, headers=headers) as resp:
+                answer = await read_capped(resp, self.max_response_bytes)
             if resp.status_code != 200:
-                raise http_error(resp.status_code, resp.content, resp.headers)
-            parsed = wire.parse_transcription(resp.headers.get("content-type", ""), resp.content)
-            return parsed.text.strip(), None
+                raise http_error(resp.status_code, answer, resp.headers)
+            ctype = resp.headers.get("content-type", "")
+            return await _off_loop(len(answer), parse_json_answer, ctype, answer), None
         except Exception as exc:
             raise translate_transport(exc) from exc
 
@@ -250,11 +307,19 @@ class OpenAITranscriptionClient:
         headers = {"content-type": content_type, "accept": "text/event-stream"}
         async with self._client.stream("POST", url, content=body, headers=headers) as resp:
             if resp.status_code != 200:
-                raise http_error(resp.status_code, await resp.aread(), resp.headers)
+                answer = await read_capped(resp, self.max_response_bytes)
+                raise http_error(resp.status_code, answer, resp.headers)
             decoder = wire.SSEDecoder()
             events: list[wire.StreamEvent] = []
             ended = False
+            received = 0
             async for chunk in resp.aiter_bytes():
+                received += len(chunk)
+                if received > self.max_response_bytes:
+                    raise MalformedResponse(
+                        f"the event stream passed the {self.max_response_bytes}-byte cap "
+                        "(option max_response_bytes)"
+                    )
                 for data in decoder.feed(chunk):
                     events.extend(wire.parse_stream_event(data))
             for data in decoder.close():

@@ -318,7 +318,7 @@ class AssemblyAISTTService(BaseSTTService):
                 self._last_end = max(self._last_end, result.end)
             await self._emit(result)
         except Exception as exc:
-            self._fail(self._translate(exc))
+            self._fail(exc)
 
     async def _on_termination(self, _client: Any, _event: Any) -> None:
         self._terminated = True
@@ -401,7 +401,7 @@ class AssemblyAISTTService(BaseSTTService):
                     client.http_client, aai.types.ListTranscriptParameters(limit=1)
                 )
         except Exception as exc:
-            raise self._translate(exc) from exc
+            raise self._error(exc) from self._cause(exc)
 
     # -- errors --------------------------------------------------------------------------
     def _translate(self, exc: Exception) -> STTError:

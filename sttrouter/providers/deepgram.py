@@ -9,8 +9,8 @@ Options (``endpoint.connection.options``): ``model`` (default ``nova-3``), ``lan
 ``interim_results`` (default true), ``punctuate`` (default true), ``smart_format``,
 ``endpointing`` (ms, default 300, ``false`` to turn off), ``utterance_end_ms``,
 ``vad_events``, ``keepalive_seconds`` (default 5), ``connect_timeout`` (10),
-``finish_timeout`` (10), ``request_timeout`` (60), ``probe_path`` (a health route for
-self-hosted Deepgram, which has no projects API).
+``finish_timeout`` (10), ``request_timeout`` (60), ``max_frame_seconds`` (1),
+``probe_path`` (a health route for self-hosted Deepgram, which has no projects API).
 
 Stream options (:class:`~sttrouter.options.StreamOptions` given to ``start_streaming``)
 override the endpoint's for one stream: ``language``, ``punctuate``, ``interim_results``
@@ -27,7 +27,13 @@ Mapping to :class:`~sttrouter.results.STTResult`:
 * ``UtteranceEnd``: an empty, zero-length final with ``is_end_of_utterance`` at
   ``last_word_end`` — only when the previous final did not already end the utterance.
 * ``Metadata``: ends the stream after ``CloseStream``; nothing is emitted.
-* Unknown messages (the SDK yields ``None`` or a bare dict) are skipped.
+* Unknown message types (a bare dict) are skipped. A message the SDK could not parse (it
+  yields ``None``) is logged at WARNING and counted in ``dropped_messages``.
+* Values no engine may send (a NaN, infinite or negative time or duration) are
+  :class:`~sttrouter.errors.MalformedResponse`, so the stream fails over.
+
+Audio goes out in WebSocket messages of at most ``max_frame_seconds`` (≤ 1 s, the default)
+whatever the size of the caller's chunks.
 """
 
 from __future__ import annotations
@@ -100,6 +106,10 @@ DEFAULT_COST_PER_HOUR: Decimal = deepgram_endpoint().cost_per_hour
 
 VENDOR = "Deepgram"
 
+ABORT_CLOSE_SECONDS = 2.0
+"""How long an abort waits for the close handshake before leaving the TCP close to
+websockets (which ends it on its own)."""
+
 
 def to_stt_result(msg: wire.Results, language: str | None = None) -> STTResult:
     """A ``Results`` message as an :class:`STTResult` (times on the stream's timeline)."""
@@ -137,6 +147,9 @@ class DeepgramSTTService(BaseSTTService):
         self.connect_timeout = positive_number(opts, "connect_timeout", 10.0)
         self.finish_timeout = positive_number(opts, "finish_timeout", 10.0)
         self.request_timeout = positive_number(opts, "request_timeout", 60.0)
+        self.max_frame_seconds = min(1.0, positive_number(opts, "max_frame_seconds", 1.0))
+        fmt = self.engine_format
+        self._max_frame_bytes = max(fmt.frame_bytes, fmt.bytes_for(self.max_frame_seconds))
         self._cm: Any = None
         self._conn: Any = None
         self._closing = False
@@ -211,7 +224,11 @@ class DeepgramSTTService(BaseSTTService):
         self._spawn(self._keepalive())
 
     async def _send(self, pcm: bytes) -> None:
-        await self._conn.send_media(pcm)
+        # one WebSocket message carries at most max_frame_seconds of audio: a 45 s chunk
+        # as one 1.4 MB frame is over the common 1 MiB server limit
+        size = self._max_frame_bytes
+        for i in range(0, len(pcm), size):
+            await self._conn.send_media(pcm[i : i + size])
         self._last_activity = self.clock.now()
 
     async def _finish(self) -> None:
@@ -232,7 +249,7 @@ class DeepgramSTTService(BaseSTTService):
 
     async def _abort(self) -> None:
         self._closing = self._aborted = True
-        await self._close()
+        await self._close(ABORT_CLOSE_SECONDS)
 
     async def _finalize(self) -> None:
         """Deepgram's ``Finalize``: it answers with a final (``from_finalize``) for the audio
@@ -240,14 +257,16 @@ class DeepgramSTTService(BaseSTTService):
         if self._conn is not None and not self._closing:
             await self._conn.send_finalize()
 
-    async def _close(self) -> None:
+    async def _close(self, wait: float | None = None) -> None:
+        """Close the socket (the SDK's context exit: the close handshake, then the TCP
+        close, which websockets finishes on its own if the wait here is cut short)."""
         cm, self._cm, self._conn = self._cm, None, None
         if cm is not None:
             try:
-                async with fail_after(self.clock, self.finish_timeout):
+                async with fail_after(self.clock, wait or self.finish_timeout):
                     await cm.__aexit__(None, None, None)
             except Exception as exc:  # closing a broken socket; the stream's error stands
-                log.debug("closing the Deepgram socket failed: %r", exc)
+                log.debug("closing the Deepgram socket failed: %s", self._redact(repr(exc)))
 
     async def _keepalive(self) -> None:
         """Send KeepAlive whenever no audio went out for ``keepalive_seconds``."""
@@ -281,8 +300,15 @@ class DeepgramSTTService(BaseSTTService):
             )
 
     async def _handle(self, msg: Any) -> None:
-        if msg is None or isinstance(msg, bytes | bytearray):
-            return  # the SDK yields None for message types it does not know
+        if msg is None:
+            # deepgram-sdk yields None for a message it could not fit to its schema (an
+            # unknown type, or a Results with broken fields): count and log it; the session's
+            # coverage audit finds the speech it may have held
+            self._dropped("deepgram-sdk yielded None for a message it could not parse")
+            return
+        if isinstance(msg, bytes | bytearray):
+            self._dropped(f"a binary message of {len(msg)} bytes")
+            return
         raw = msg if isinstance(msg, Mapping) else msg.dict()
         parsed = wire.parse_server_message(raw)
         if isinstance(parsed, wire.Results):
@@ -369,7 +395,7 @@ class DeepgramSTTService(BaseSTTService):
                     return
                 response = await http.get(self._rest_url(str(path)), headers=self._auth())
         except Exception as exc:
-            raise self._translate(exc) from exc
+            raise self._error(exc) from self._cause(exc)
         if not response.is_success:
             raise from_http_status(
                 response.status_code,

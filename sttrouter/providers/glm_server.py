@@ -24,7 +24,9 @@ Options (``connection.options``): ``mode``; ``model``; ``language``; ``flavor`` 
 ``flac``); ``timeout`` (seconds per request); ``max_concurrency``; ``interim_interval``;
 ``max_segment_seconds``; ``vad`` (a table of :class:`~sttrouter.providers.vad.VADConfig`
 fields); ``tokens_per_second``; ``repetition_penalty``; ``frame_seconds``;
-``reconnect_attempts``; ``interim_results``. The API key, when any, comes from
+``reconnect_attempts``; ``interim_results``; ``max_response_bytes`` (the cap on one
+answer's body, default 256 KiB; a 200 that is not the JSON asked for, or is over the cap,
+is :class:`~sttrouter.errors.MalformedResponse`). The API key, when any, comes from
 ``connection.api_key_env`` and is sent as ``Authorization: Bearer``.
 
 Stream options (:class:`~sttrouter.options.StreamOptions`): in ``openai`` mode ``language``
@@ -56,6 +58,7 @@ from sttrouter.providers._gateway_client import (
     warn_reconnect_attempts,
 )
 from sttrouter.providers._openai_client import (
+    MAX_RESPONSE_BYTES,
     ZAI_MAX_SECONDS,
     Flavor,
     OpenAITranscriptionClient,
@@ -215,6 +218,7 @@ class GLMServerSTTService(BaseSTTService):
             tokens_per_second=float(opts.get("tokens_per_second", 10.0)),
             repetition_penalty=float(opts.get("repetition_penalty", 1.15)),
             client=self._http_client,
+            max_response_bytes=int(opts.get("max_response_bytes", MAX_RESPONSE_BYTES)),
         )
 
     async def probe(self) -> None:

@@ -566,7 +566,7 @@ class OfflineSTTService(BaseSTTService):
                     await self._emit(result)
         except Exception as exc:
             reusable = False
-            self._fail(self._translate(exc))
+            self._fail(exc)
         finally:
             if reusable and not busy:
                 recognizer.abandon()

@@ -142,6 +142,11 @@ def _check_settings(
         )
 
 
+def _retrieve(task: asyncio.Task[SegmentResult]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 def quietest_cut(pcm: bytes, lo: int, hi: int, *, window: int = 1600, hop: int = 160) -> int:
     """Sample index in ``[lo, hi]`` at the middle of the quietest ``window`` of ``pcm``.
 
@@ -324,6 +329,10 @@ class Segmenter:
         task = asyncio.get_running_loop().create_task(self._decode(pcm))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        # run() raises the first failed segment's error and never awaits the later ones;
+        # their errors (every request to a host that does not resolve fails) are retrieved
+        # here, so asyncio never reports "Task exception was never retrieved"
+        task.add_done_callback(_retrieve)
         if self._closed:
             task.cancel()
         await self._queue.put(_Segment(index, start, end, end_of_utterance, task))

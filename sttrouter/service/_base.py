@@ -30,6 +30,7 @@ from sttrouter.results import STTResult, Transcript
 from sttrouter.service._batch import load_input, stream_transcribe
 from sttrouter.service._channel import StreamState, results_of
 from sttrouter.service._contract import AudioInput, AudioStream
+from sttrouter.wire.errors import redact
 
 __all__ = ["BaseSTTService"]
 
@@ -65,6 +66,8 @@ class BaseSTTService:
         self._metrics = STTMetrics(endpoint.cost_per_hour)
         self._state = _State.IDLE
         self._stream: StreamState | None = None
+        self.dropped_messages = 0
+        """Messages from the engine this service dropped (each logged at WARNING)."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(endpoint={self.endpoint.id!r}, state={self._state.value})"
@@ -120,7 +123,7 @@ class BaseSTTService:
         except BaseException as exc:
             await self._teardown(stream)
             if isinstance(exc, Exception):
-                raise self._translate(exc) from exc
+                raise self._error(exc) from self._cause(exc)
             raise
         return results_of(stream)
 
@@ -143,9 +146,9 @@ class BaseSTTService:
             try:
                 await self._send(chunk)
             except Exception as exc:
-                self._fail(self._translate(exc))
+                self._fail(exc)
                 assert stream.failure is not None
-                raise stream.failure from exc
+                raise stream.failure from self._cause(exc)
             if stream.failure is not None:
                 raise stream.failure
             return
@@ -172,11 +175,15 @@ class BaseSTTService:
         if self._state is _State.STOPPING:
             raise NotStreaming(f"{self.endpoint.id}: stop_streaming is already in progress")
         self._state = _State.STOPPING
+        finished = False
         try:
             if stream.failure is None:
                 await self._push(stream, stream.converter.flush())
                 await self._call(stream, self._finish())
+                finished = stream.failure is None
         finally:
+            if not finished:  # failed, timed out or cancelled: the connection is closed too
+                await self._abort_quietly()
             await self._teardown(stream)
         if stream.failure is not None:
             raise stream.failure
@@ -187,12 +194,17 @@ class BaseSTTService:
         if stream is None:
             return
         try:
-            with anyio.CancelScope(shield=True):
-                await self._abort()
-        except Exception:  # closing a broken connection may fail; nothing to report
-            pass
+            await self._abort_quietly()
         finally:
             await self._teardown(stream)
+
+    async def _abort_quietly(self) -> None:
+        """``_abort``, shielded from cancellation; a failure to close is only logged."""
+        try:
+            with anyio.CancelScope(shield=True):
+                await self._abort()
+        except Exception as exc:  # closing a broken connection may fail; nothing to report
+            log.debug("%s: closing failed: %s", self.endpoint.id, self._redact(repr(exc)))
 
     async def transcribe(
         self, audio: AudioInput, audio_format: AudioFormat | None = None
@@ -212,7 +224,7 @@ class BaseSTTService:
         except Exception as exc:
             self._metrics.audio_sent(seconds, started)
             self._metrics.error()
-            raise self._translate(exc) from exc
+            raise self._error(exc) from self._cause(exc)
         if transcript is None:
             return await stream_transcribe(
                 self, data, fmt, chunk_seconds=self.batch_chunk_seconds, options=_BATCH_OPTIONS
@@ -314,16 +326,54 @@ class BaseSTTService:
         await stream.send.send(result)  # dropped if the stream was already closed
 
     def _fail(self, error: BaseException) -> None:
-        """Fail the current stream: the result iterator and the next call raise ``error``."""
+        """Fail the current stream: the result iterator and the next call raise ``error``
+        (translated and scrubbed of secrets by :meth:`_error`)."""
         stream = self._stream
         if stream is None or stream.failure is not None:
             return
-        translated = error if isinstance(error, STTError) else self._translate(error)  # type: ignore[arg-type]
-        if translated.endpoint_id is None:
-            translated.endpoint_id = self.endpoint.id
-        stream.failure = translated
+        stream.failure = self._error(error)
         self._metrics.error()
         stream.send.close()
+
+    def _error(self, exc: BaseException) -> STTError:
+        """The one translation boundary: ``exc`` as the most specific :class:`STTError`
+        (:meth:`_translate`), with this endpoint's id, and every configured secret value
+        scrubbed from its message, whatever the text came from (a close reason or a 401
+        body can echo the ``Authorization`` header)."""
+        if isinstance(exc, Exception):
+            err = self._translate(exc)
+        else:  # pragma: no cover - BaseExceptions are re-raised, never translated
+            err = StreamingFailed(f"unexpected {type(exc).__name__}")
+        if err.endpoint_id is None:
+            err.endpoint_id = self.endpoint.id
+        clean = self._redact(err.message)
+        if clean != err.message:
+            err.message = clean
+            err.args = (clean,)
+        return err
+
+    def _redact(self, text: str) -> str:
+        """``text`` with this endpoint's secret values (its API key) replaced."""
+        secrets = self.endpoint.connection.secrets()
+        return redact(text, secrets) if secrets else text
+
+    def _cause(self, exc: BaseException) -> BaseException | None:
+        """``exc`` to chain as a translated error's cause, or ``None`` when its text holds
+        a secret (a logged traceback shows the cause too)."""
+        text = f"{exc} {exc!r}"
+        return exc if self._redact(text) == text else None
+
+    def _dropped(self, what: str) -> None:
+        """Count and log (WARNING) a message the engine sent that this adapter, or the
+        vendor's SDK before it, dropped; never silently. What it held is the coverage
+        audit's to find (the session replays or reports the span)."""
+        self.dropped_messages += 1
+        log.warning(
+            "%s dropped a message from the engine (%d so far): %s",
+            self.endpoint.id,
+            self.dropped_messages,
+            self._redact(what),
+        )
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run ``coro`` for the life of the stream; an exception from it fails the stream."""
@@ -340,7 +390,7 @@ class BaseSTTService:
         try:
             await coro
         except Exception as exc:
-            self._fail(self._translate(exc))
+            self._fail(exc)
 
     # -- internals ------------------------------------------------------------------------
     def _require_stream(self, what: str) -> StreamState:
@@ -364,9 +414,9 @@ class BaseSTTService:
         try:
             await coro
         except Exception as exc:
-            self._fail(self._translate(exc))
+            self._fail(exc)
             assert stream.failure is not None
-            raise stream.failure from exc
+            raise stream.failure from self._cause(exc)
 
     async def _teardown(self, stream: StreamState) -> None:
         for task in list(stream.tasks):

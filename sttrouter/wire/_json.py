@@ -8,6 +8,7 @@ client's control messages are the same for both.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -15,7 +16,15 @@ import attrs
 
 from sttrouter.errors import MalformedResponse
 
-__all__ = ["ClientMessage", "Unknown", "load_object", "number", "parse_client_message"]
+__all__ = [
+    "ClientMessage",
+    "Unknown",
+    "flag",
+    "load_object",
+    "number",
+    "parse_client_message",
+    "seconds",
+]
 
 
 @attrs.frozen
@@ -48,11 +57,38 @@ def load_object(data: str | bytes | Mapping[str, Any], what: str) -> Mapping[str
 
 
 def number(obj: Mapping[str, Any], key: str, vendor: str, default: float | None = None) -> float:
-    """A numeric field (booleans refused), or ``default`` when absent and one is given."""
+    """A finite numeric field (booleans refused), or ``default`` when absent and one is given.
+
+    NaN and the infinities are malformed: an engine that sends them is broken, and the value
+    would poison every sum and comparison downstream.
+    """
     value = obj.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise MalformedResponse(f"{vendor} message field {key!r} is {value!r}, not a number")
-    return float(value)
+    out = float(value)
+    if not math.isfinite(out):
+        raise MalformedResponse(f"{vendor} message field {key!r} is {value!r}, not finite")
+    return out
+
+
+def seconds(obj: Mapping[str, Any], key: str, vendor: str, default: float | None = None) -> float:
+    """A time or a duration: a finite number that is not negative (``"duration": -50`` is
+    malformed, not a result to deliver)."""
+    out = number(obj, key, vendor, default)
+    if out < 0:
+        raise MalformedResponse(f"{vendor} message field {key!r} is {out!r}, a negative time")
+    return out
+
+
+def flag(obj: Mapping[str, Any], key: str, vendor: str, default: bool = False) -> bool:
+    """A boolean field; absent (or null) is ``default``. Anything else — the string
+    ``"false"``, a number — is malformed rather than guessed at (``bool("false")`` is true)."""
+    value = obj.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise MalformedResponse(f"{vendor} message field {key!r} is {value!r}, not a boolean")
+    return value
 
 
 def parse_client_message(text: str | bytes, vendor: str, known: Collection[str]) -> ClientMessage:

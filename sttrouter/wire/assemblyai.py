@@ -18,7 +18,7 @@ from typing import Any, Final
 import attrs
 
 from sttrouter.errors import MalformedResponse
-from sttrouter.wire._json import ClientMessage, Unknown, load_object, number
+from sttrouter.wire._json import ClientMessage, Unknown, flag, load_object, number, seconds
 from sttrouter.wire._json import parse_client_message as _parse_client
 
 __all__ = [
@@ -113,13 +113,22 @@ def _int(obj: Mapping[str, Any], key: str, default: int | None = None) -> int:
     return int(number(obj, key, "AssemblyAI", default))
 
 
+def _ms(obj: Mapping[str, Any], key: str) -> int:
+    """A time in integer milliseconds: finite, not negative."""
+    return int(seconds(obj, key, "AssemblyAI", 0))
+
+
+def _flag(obj: Mapping[str, Any], key: str, default: bool = False) -> bool:
+    return flag(obj, key, "AssemblyAI", default)
+
+
 def _parse_word(w: Mapping[str, Any]) -> Word:
     return Word(
         text=str(w.get("text", "")),
-        start=_int(w, "start", 0),
-        end=_int(w, "end", 0),
+        start=_ms(w, "start"),
+        end=_ms(w, "end"),
         confidence=float(w.get("confidence") or 0.0),
-        word_is_final=bool(w.get("word_is_final", True)),
+        word_is_final=_flag(w, "word_is_final", True),
     )
 
 
@@ -136,8 +145,8 @@ def parse_server_message(data: str | bytes | Mapping[str, Any]) -> ServerMessage
         return Turn(
             turn_order=_int(obj, "turn_order", 0),
             transcript=transcript,
-            end_of_turn=bool(obj.get("end_of_turn")),
-            turn_is_formatted=bool(obj.get("turn_is_formatted")),
+            end_of_turn=_flag(obj, "end_of_turn"),
+            turn_is_formatted=_flag(obj, "turn_is_formatted"),
             end_of_turn_confidence=float(obj.get("end_of_turn_confidence") or 0.0),
             words=tuple(_parse_word(w) for w in obj.get("words") or ()),
             language_code=obj.get("language_code"),
@@ -148,7 +157,7 @@ def parse_server_message(data: str | bytes | Mapping[str, Any]) -> ServerMessage
             session_duration_seconds=_int(obj, "session_duration_seconds", 0),
         )
     if kind == "SpeechStarted":
-        return SpeechStarted(timestamp=_int(obj, "timestamp", 0))
+        return SpeechStarted(timestamp=_ms(obj, "timestamp"))
     if kind == "Error" or (kind is None and "error" in obj):
         code = obj.get("error_code")
         return Error(

@@ -19,7 +19,7 @@ import attrs
 
 from sttrouter.errors import MalformedResponse
 from sttrouter.wire._common import as_bool, as_int
-from sttrouter.wire._json import ClientMessage, Unknown, load_object, number
+from sttrouter.wire._json import ClientMessage, Unknown, flag, load_object, number, seconds
 from sttrouter.wire._json import parse_client_message as _parse_client
 
 __all__ = [
@@ -142,11 +142,19 @@ def _opt_num(obj: Mapping[str, Any], key: str) -> float | None:
     return None if obj.get(key) is None else _num(obj, key)
 
 
+def _time(obj: Mapping[str, Any], key: str) -> float:
+    return seconds(obj, key, "Deepgram", 0.0)
+
+
+def _flag(obj: Mapping[str, Any], key: str) -> bool:
+    return flag(obj, key, "Deepgram")
+
+
 def _parse_word(w: Mapping[str, Any]) -> Word:
     return Word(
         word=str(w.get("word", "")),
-        start=_num(w, "start", 0.0),
-        end=_num(w, "end", 0.0),
+        start=_time(w, "start"),
+        end=_time(w, "end"),
         confidence=_opt_num(w, "confidence"),
         punctuated_word=w.get("punctuated_word"),
         language=w.get("language"),
@@ -168,7 +176,9 @@ def parse_server_message(data: str | bytes | Mapping[str, Any]) -> ServerMessage
     """Parse one server text message (JSON text or an already-decoded object).
 
     Missing optional fields take their defaults, like the SDK's unchecked models; a field of
-    the wrong type raises :class:`~sttrouter.errors.MalformedResponse`.
+    the wrong type raises :class:`~sttrouter.errors.MalformedResponse`, and so do the values
+    no engine may send: a time or duration that is NaN, infinite or negative, a flag such as
+    ``is_final`` that is not a boolean (``"false"``).
     """
     obj = load_object(data, "Deepgram message")
     kind = obj.get("type")
@@ -177,11 +187,11 @@ def parse_server_message(data: str | bytes | Mapping[str, Any]) -> ServerMessage
         meta = obj.get("metadata") or {}
         return Results(
             transcript=str(alt.get("transcript") or ""),
-            start=_num(obj, "start", 0.0),
-            duration=_num(obj, "duration", 0.0),
-            is_final=bool(obj.get("is_final")),
-            speech_final=bool(obj.get("speech_final")),
-            from_finalize=bool(obj.get("from_finalize")),
+            start=_time(obj, "start"),
+            duration=_time(obj, "duration"),
+            is_final=_flag(obj, "is_final"),
+            speech_final=_flag(obj, "speech_final"),
+            from_finalize=_flag(obj, "from_finalize"),
             confidence=_opt_num(alt, "confidence"),
             words=[_parse_word(w) for w in alt.get("words") or ()],
             languages=alt.get("languages") or (),
@@ -198,13 +208,11 @@ def parse_server_message(data: str | bytes | Mapping[str, Any]) -> ServerMessage
         )
     if kind == "UtteranceEnd":
         return UtteranceEnd(
-            last_word_end=_num(obj, "last_word_end", 0.0),
+            last_word_end=_time(obj, "last_word_end"),
             channel=obj.get("channel") or (0, 1),
         )
     if kind == "SpeechStarted":
-        return SpeechStarted(
-            timestamp=_num(obj, "timestamp", 0.0), channel=obj.get("channel") or (0,)
-        )
+        return SpeechStarted(timestamp=_time(obj, "timestamp"), channel=obj.get("channel") or (0,))
     if kind == "Error":
         return Error(
             description=str(obj.get("description") or obj.get("message") or ""),

@@ -17,10 +17,14 @@ close 1011 / 3005 / 3008 / other        StreamingFailed                  transie
 HTTP 429 carries the server's ``Retry-After`` (:func:`retry_after`) into
 :attr:`RateLimited.retry_after`. ``during_connect`` picks :class:`ConnectionFailed` over
 :class:`StreamingFailed` for the transient rows. Messages never include credentials: callers
-pass only the vendor's status, its text and the endpoint id.
+pass only the vendor's status, its text and the endpoint id, and whatever text a server sent
+back (a close reason or a 401 body can echo the ``Authorization`` header) goes through
+:func:`redact` at the adapter's translation boundary.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from sttrouter.errors import (
     AudioFormatError,
@@ -33,7 +37,32 @@ from sttrouter.errors import (
     STTError,
 )
 
-__all__ = ["from_close_code", "from_http_status", "mentions_quota", "retry_after"]
+__all__ = [
+    "REDACTED",
+    "from_close_code",
+    "from_http_status",
+    "mentions_quota",
+    "redact",
+    "retry_after",
+]
+
+REDACTED = "<redacted>"
+"""What stands in for a secret value in a message."""
+
+MIN_SECRET_CHARS = 4
+"""Shorter values are not treated as secrets (replacing them would garble any text)."""
+
+
+def redact(text: str, secrets: Sequence[str]) -> str:
+    """``text`` with every occurrence of each secret value replaced by :data:`REDACTED`.
+
+    Longer secrets go first, so a key that contains another is replaced whole.
+    """
+    for secret in sorted(secrets, key=len, reverse=True):
+        if len(secret) >= MIN_SECRET_CHARS and secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
+
 
 _QUOTA_WORDS = ("insufficient", "balance", "quota", "credit", "funds", "payment")
 
