@@ -96,6 +96,7 @@ class RedisState(InMemoryState):
         self._tasks: list[asyncio.Task[Any]] = []
         self._started = False
         self.subscribed = False
+        self._on_subscribed = asyncio.Event()
         super().__init__(
             clock=clock,
             breaker_config=breaker_config,
@@ -147,6 +148,9 @@ class RedisState(InMemoryState):
             loop.create_task(self._subscriber()),
             loop.create_task(self._keeper()),
         ]
+        with contextlib.suppress(TimeoutError):  # a server that is down does not hold us up
+            async with asyncio.timeout(self.settings.deadline * 4):
+                await self._on_subscribed.wait()
         await self.resync()
 
     def _ensure_started(self) -> None:
@@ -162,11 +166,14 @@ class RedisState(InMemoryState):
         """Give back this replica's leases, stop the background tasks, close the client."""
         if self._started and self._link.ok:
             await self.leased.drop_all()
+        self._link.closing = True
+        self._link.wake()
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(BaseException):
-                await task
+        if self._tasks:
+            # the client library may swallow a cancellation mid-request: the loops also stop
+            # on `closing`, and nothing waits longer than a few deadlines
+            await asyncio.wait(self._tasks, timeout=self.settings.deadline * 8)
         self._tasks = []
         await self._link.aclose()
 
@@ -376,7 +383,7 @@ class RedisState(InMemoryState):
 
     async def _subscriber(self) -> None:
         aioredis = redis_module()
-        while True:
+        while not self._link.closing:
             client = aioredis.Redis.from_url(
                 self._url, socket_connect_timeout=self.settings.deadline
             )
@@ -386,9 +393,10 @@ class RedisState(InMemoryState):
                     await pubsub.subscribe(self._keys.channel)
                 missed = not self.subscribed and self._link.failures > 0
                 self.subscribed = True
+                self._on_subscribed.set()
                 if missed:
                     await self.resync()  # whatever was published while unsubscribed
-                while True:
+                while not self._link.closing:
                     msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if msg is not None and msg.get("type") == "message":
                         self.apply_message(msg["data"])
@@ -408,7 +416,7 @@ class RedisState(InMemoryState):
         """Renews leases (and notices the server going and coming back) every third of the
         lease TTL, at most every second."""
         period = min(1.0, self.settings.lease_ttl / 3)
-        while True:
+        while not self._link.closing:
             await asyncio.sleep(period)
             with contextlib.suppress(Exception):
                 await self._link.call(lambda r: r.ping())

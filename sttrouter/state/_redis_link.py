@@ -72,6 +72,7 @@ class RedisLink:
         self._wake = asyncio.Event()
         self.dropped = 0
         self._busy = False
+        self.closing = False
         self._idle = asyncio.Event()
         self._down_errors: tuple[type[BaseException], ...] = (
             OSError,
@@ -102,7 +103,7 @@ class RedisLink:
 
     async def writer(self) -> None:
         """Send queued writes, in order, forever."""
-        while True:
+        while not self.closing:
             await self._wake.wait()
             self._wake.clear()
             while self._outbox:
@@ -153,6 +154,10 @@ class RedisLink:
             "since": self.since,
             "error": self.error,
         }
+
+    def wake(self) -> None:
+        """Let the writer see :attr:`closing`."""
+        self._wake.set()
 
     async def aclose(self) -> None:
         with contextlib.suppress(Exception):
