@@ -2,7 +2,7 @@
 
 ``POST /v1/audio/transcriptions`` takes ``multipart/form-data`` (``file`` plus form fields) and
 answers JSON (``{"text", "usage"?}``), plain text, or with ``stream=true`` server-sent events.
-The stream chunk shapes differ by server (see ``reference/server-protocols.md``):
+The stream chunk shapes differ by server:
 
 * vLLM: ``{"object": "transcription.chunk", "choices": [{"delta": {"content": "…"},
   "finish_reason"?}]}``, an optional usage chunk with ``"choices": []``, then ``[DONE]``;
