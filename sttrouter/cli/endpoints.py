@@ -5,18 +5,22 @@ Examples::
     sttrouter endpoints list                    # the built-in registry
     sttrouter endpoints list endpoints.toml --json
     sttrouter endpoints check endpoints.toml    # exit 1 and a message naming file, endpoint, field
+    sttrouter endpoints status endpoints.toml   # the fleet's shared state (the file's [state])
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
+import time
+from typing import Any
 
 from sttrouter.endpoint import STTEndpoint
 from sttrouter.panel.registry import EndpointRegistry, default_registry, endpoint_to_dict
 
-__all__ = ["register", "run", "table"]
+__all__ = ["fleet_status", "fleet_table", "register", "run", "table"]
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -32,6 +36,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     lst.add_argument("--json", action="store_true", help="print JSON instead of a table")
     chk = sub.add_parser("check", help="validate a registry file and print its table")
     chk.add_argument("file", help="registry TOML")
+    st = sub.add_parser(
+        "status",
+        help="print the fleet view: breakers, leases in use, recent failures, usage",
+        description="Read the routing state the replicas share (the registry file's [state] "
+        "table; its url_env names the variable holding the Redis URL) and print it. Exit 2 "
+        "when the state store does not answer.",
+    )
+    st.add_argument("file", help="registry TOML with a [state] table")
+    st.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
 
 
@@ -76,7 +89,83 @@ def table(registry: EndpointRegistry) -> str:
     )
 
 
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m ago"
+    return f"{seconds / 3600:.0f}h ago"
+
+
+def fleet_table(rows: dict[str, dict[str, Any]], now: float) -> str:
+    """A fixed-width table of :func:`fleet_status` rows."""
+    head = ("id", "breaker", "leases", "last failure", "usage")
+    out = [head]
+    for eid, row in rows.items():
+        limit = row.get("limit")
+        leases = f"{row.get('leases_fleet', row.get('in_use', 0))}/{limit if limit else '-'}"
+        last = row.get("last_failure")
+        failure = "-"
+        if last:
+            failure = f"{_age(now - last['at'])}: {last['message']}"
+            if last["permanent"]:
+                failure += " (unusable)"
+        usage = row.get("usage") or {}
+        used = (
+            f"{usage.get('audio_seconds', 0):g}s, {usage.get('sessions', 0)} sessions, "
+            f"${usage.get('cost', 0):.4f}"
+            if usage
+            else "-"
+        )
+        out.append((eid, row.get("breaker", "closed"), leases, failure[:60], used))
+    widths = [max(len(r[i]) for r in out) for i in range(len(head))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in out
+    )
+
+
+async def fleet_status(registry: EndpointRegistry) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the store's status, endpoint id → its fleet row) for the registry's ``[state]``."""
+    from sttrouter.state import RedisState, store_from_config
+
+    store = store_from_config(registry.state, source=registry.source)
+    try:
+        await store.start()
+        if isinstance(store, RedisState):
+            if not store.status()["ok"]:
+                return store.status(), {}
+            rows = await store.fleet(registry)
+        else:
+            rows = store.snapshot()
+        return store.status(), rows
+    finally:
+        await store.aclose()
+
+
+def _status(args: argparse.Namespace) -> int:
+    registry = EndpointRegistry.load(args.file)
+    if not registry.state:
+        print(
+            f"{args.file} has no [state] table: routing state lives in each process and "
+            'nothing is shared; add [state] url_env = "STTROUTER_REDIS_URL" to share it'
+        )
+        return 1
+    status, rows = asyncio.run(fleet_status(registry))
+    if args.json:
+        print(json.dumps({"store": status, "endpoints": rows}, indent=2))
+    else:
+        print(
+            f"state store {status.get('server', status['store'])}: "
+            f"{'ok' if status['ok'] else 'unreachable (' + str(status.get('error')) + ')'}"
+        )
+        if rows:
+            print(fleet_table(rows, time.monotonic()))
+    return 0 if status["ok"] else 2
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.endpoints_command == "status":
+        return _status(args)
     if args.endpoints_command == "check":
         registry = EndpointRegistry.load(args.file)
         print(table(registry))

@@ -313,7 +313,7 @@ class EndpointOpener:
 
     async def _admit(self, endpoint: STTEndpoint, *, queue: bool) -> Permit | AdmissionRefused:
         if not queue:
-            permit = self._admission.try_acquire(endpoint)
+            permit = await self._admission.try_acquire_async(endpoint)
             if permit is not None:
                 return permit
             return AdmissionRefused("at its concurrency limit", endpoint_id=endpoint.id)

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Self
 
 from sttrouter.clock import Clock
+from sttrouter.endpoint import STTEndpoint
 from sttrouter.resilience import (
     AdmissionController,
     BreakerConfig,
@@ -165,6 +166,9 @@ class RedisState(InMemoryState):
     async def aclose(self) -> None:
         """Give back this replica's leases, stop the background tasks, close the client."""
         if self._started and self._link.ok:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.deadline * 4):
+                    await self._link.flush()  # releases and records still queued
             await self.leased.drop_all()
         self._link.closing = True
         self._link.wake()
@@ -468,6 +472,19 @@ class RedisState(InMemoryState):
                 self._apply_row(eid, *rows[i * 6 : i * 6 + 6])
         finally:
             self._applying = False
+
+    async def fleet(self, endpoints: Iterable[STTEndpoint]) -> dict[str, dict[str, Any]]:
+        """The fleet's view of ``endpoints`` read from the server now: :meth:`snapshot` rows
+        with live leases counted on the server (raises when it does not answer)."""
+        eps = list(endpoints)
+        for ep in eps:
+            self.leased.has_capacity(ep)  # notes each limit
+        await self.refresh()
+        await self.leased.renew()
+        snap = self.snapshot()
+        return {ep.id: snap.get(ep.id, {}) for ep in eps} | {
+            k: v for k, v in snap.items() if k not in {ep.id for ep in eps}
+        }
 
     def _apply_row(
         self,
