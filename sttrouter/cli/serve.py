@@ -226,6 +226,15 @@ class _ContextBackend:
         session: STTService = self.context.session(language=config.language, chain=self.chain)
         return session
 
+    def state_status(self) -> dict[str, Any]:
+        """The routing state store's status (for ``/ready``): a shared store that cannot reach
+        its server says so here while routing goes on from the local view."""
+        status: dict[str, Any] = self.context.state.status()
+        return status
+
+    async def aclose(self) -> None:
+        await self.context.aclose()
+
 
 def build_server(args: argparse.Namespace, config: GatewayConfig) -> GatewayServer:
     """The gateway for ``args``: a routed one for ``--config``, else one ``--backend``.

@@ -277,9 +277,13 @@ class GatewayServer:
         _, ok, why = self._ready
         if ok and self._broken is not None:
             ok, why = False, self._broken
+        # routing state shared across replicas: its trouble is reported, not fatal (routing
+        # goes on from the local view)
+        state = getattr(self.backend, "state_status", None)
+        extra = {"state": state()} if callable(state) else {}
         if ok:
-            return JSONResponse({"status": "ready"})
-        return JSONResponse({"status": "not_ready", "reason": why}, status_code=503)
+            return JSONResponse({"status": "ready", **extra})
+        return JSONResponse({"status": "not_ready", "reason": why, **extra}, status_code=503)
 
     async def _metrics(self, request: Any) -> Any:
         from starlette.responses import PlainTextResponse

@@ -109,6 +109,7 @@ class RedisState(InMemoryState):
         self._failures.on_record = self._failure_recorded
         self._breakers.trial_gate = self._trial_gate
         self._usage.on_add = self._usage_added
+        self.leased.on_use = self._ensure_started
         self._view = HealthViews([self._breakers, self._health, _RemoteHealth(self)])
 
     @classmethod

@@ -105,6 +105,8 @@ class LeasedAdmission(AdmissionController):
         self._queued: dict[str, int] = {}
         self._released: dict[str, asyncio.Event] = {}
         self._limits: dict[str, int] = {}
+        self.on_use: Callable[[], None] | None = None
+        """Called whenever a limit is asked about (the store starts itself from here)."""
 
     def shared(self) -> bool:
         """Whether limits are held on the server now (else the local fallback applies)."""
@@ -112,6 +114,8 @@ class LeasedAdmission(AdmissionController):
 
     # -- the local slot follows the mode ----------------------------------------------------
     def _slot(self, endpoint: STTEndpoint) -> _Slot:
+        if self.on_use is not None:
+            self.on_use()
         slot = super()._slot(endpoint)
         limit = endpoint.max_concurrent_sessions
         if limit is not None:
