@@ -12,11 +12,12 @@ import numpy as np
 from sttrouter.audio import ENGINE_FORMAT
 from sttrouter.clock import Clock
 from sttrouter.endpoint import Location, STTEndpoint
-from sttrouter.errors import ConfigError, ConnectionFailed, StreamingFailed
+from sttrouter.errors import ConfigError, ConnectionFailed, StreamingFailed, STTError
 from sttrouter.options import OPTION_NAMES, StreamOptions
 from sttrouter.results import STTResult, WordTimestamp
 from sttrouter.service import BaseSTTService
 from sttrouter.testing._faults import Fault, FaultKind, FaultPlan
+from sttrouter.testing._quiet import QuietFinals
 from sttrouter.testing._speech import mark_word
 
 __all__ = ["FakeSTTService", "Utterance", "fake_endpoint"]
@@ -69,7 +70,9 @@ class FakeSTTService(BaseSTTService):
     Args:
         endpoint: defaults to :func:`fake_endpoint`.
         script: scripted utterances, or ``None`` to decode marks.
-        faults: what goes wrong, and when.
+        faults: what goes wrong, and when: loud faults at a time, and the quiet liars
+            (a skipped, unparseable or mangled ``nth`` final, interims only, a claim of bad
+            audio...) on the finals.
         clock: used for ``LATENCY`` faults and ``connect_delay``.
         endpoint_silence: silence that ends an utterance when decoding marks.
         interim_results: emit interims.
@@ -146,6 +149,8 @@ class FakeSTTService(BaseSTTService):
         self._latency = 0.0
         self._fired: set[int] = set()
         self._pending: list[asyncio.Task[None]] = []
+        self._read_stalled = False
+        self._quiet = QuietFinals(())
 
     async def _open(self) -> None:
         index = self.streams_started
@@ -157,16 +162,19 @@ class FakeSTTService(BaseSTTService):
             await self.clock.sleep(self.connect_delay)
         if self.down:
             raise ConnectionFailed("connection refused: engine is down")
+        self._quiet = QuietFinals([f for f in self._active if f.on_final])
         for i, f in enumerate(self._active):
-            if f.after is None:
+            if f.after is None and not f.on_final:
                 self._fired.add(i)
                 if f.is_error:
-                    raise f.error(self.endpoint.id)
+                    raise self._fault_error(f)
                 self._apply(f)
 
     async def _send(self, pcm: bytes) -> None:
         if self.down:
             raise StreamingFailed("connection lost: engine is down")
+        if self._read_stalled:
+            await asyncio.Event().wait()  # the server stopped reading: the send never ends
         self.received += pcm
         samples = np.frombuffer(pcm, dtype="<i2")
         start = self._samples
@@ -176,7 +184,7 @@ class FakeSTTService(BaseSTTService):
             if i not in self._fired and f.after is not None and seconds >= f.after:
                 self._fired.add(i)
                 if f.is_error:
-                    self._fail(f.error(self.endpoint.id))
+                    self._fail(self._fault_error(f))
                     return
                 self._apply(f)
         if self._stalled:
@@ -187,6 +195,7 @@ class FakeSTTService(BaseSTTService):
             await self._decode(samples, start)
 
     async def _finish(self) -> None:
+        self._quiet.stopping = True
         if self._stalled:
             await asyncio.Event().wait()  # a stalled engine never answers; only cancel ends it
         if self.script is not None:
@@ -236,8 +245,15 @@ class FakeSTTService(BaseSTTService):
         self._script_words_sent = 0
 
     # -- behaviour ------------------------------------------------------------------------
+    def _fault_error(self, fault: Fault) -> STTError:
+        conn = self.endpoint.connection
+        echo = (conn.secrets() or ("",))[0]  # KEY_ECHO repeats the configured key
+        return fault.error(self.endpoint.id, echo=echo)
+
     def _apply(self, fault: Fault) -> None:
-        if fault.kind is FaultKind.STALL:
+        if fault.kind is FaultKind.READ_STALL_CLOSE:
+            self._read_stalled = True
+        elif fault.kind is FaultKind.STALL:
             self._stalled = True
         elif fault.kind is FaultKind.EMPTY_FINALS:
             self._empty = True
@@ -245,6 +261,16 @@ class FakeSTTService(BaseSTTService):
             self._latency = fault.seconds
 
     async def _deliver(self, result: STTResult) -> None:
+        if result.is_final:
+            verdict = self._quiet.final(result)
+            if isinstance(verdict, STTError):
+                self._fail(verdict)
+                return
+            if verdict is None:
+                if self._quiet.unparseable:
+                    self._dropped("a final it could not parse (injected)")
+                return
+            result = verdict
         if self._latency <= 0:
             await self._emit(result)
             return
