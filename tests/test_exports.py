@@ -97,6 +97,7 @@ PUBLIC_API = [
 ]
 
 TESTING_API = [
+    "FINAL_FAULTS",
     "MARK_BASE",
     "ConformanceError",
     "FakeAssemblyAIServer",

@@ -20,7 +20,7 @@ from sttrouter.testing._fake_server import (
     SessionRecord,
 )
 from sttrouter.testing._fake_service import FakeSTTService, Utterance, fake_endpoint
-from sttrouter.testing._faults import Fault, FaultKind, FaultPlan
+from sttrouter.testing._faults import FINAL_FAULTS, Fault, FaultKind, FaultPlan
 from sttrouter.testing._speech import MARK_BASE, SyntheticSpeech, mark_word, synthetic_speech
 from sttrouter.testing.assemblyai_server import FakeAssemblyAIServer
 from sttrouter.testing.deepgram_server import FakeDeepgramServer
@@ -31,6 +31,7 @@ from sttrouter.testing.openai_server import FakeOpenAITranscriptionServer
 register_provider("fake", FakeSTTService)
 
 __all__ = [
+    "FINAL_FAULTS",
     "MARK_BASE",
     "ConformanceError",
     "FakeAssemblyAIServer",
