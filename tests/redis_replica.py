@@ -3,13 +3,18 @@
 ``python redis_replica.py URL LEASE_TTL`` builds a :class:`~sttrouter.state.RedisState` and
 answers one JSON line per command line on stdin:
 
-- ``trip EID`` — open EID's breaker here (a rejected key);
+- ``trip EID`` — open EID's breaker here (a rejected key); answers ``time.time()`` of the trip;
 - ``state EID`` — EID's breaker state in this replica's local view;
-- ``wait_open EID`` — block until EID's breaker reads open here (bounded: 10 s); answers the
-  seconds since ``time.time()`` value given as a third word, e.g. ``wait_open a 1700000000.1``;
+- ``wait_open EID`` — block until EID's breaker reads open here (bounded: 10 s); answers
+  ``time.time()`` when it did;
 - ``hold EID LIMIT N`` — try N leases at once without waiting; answers how many were admitted;
-- ``acquire EID LIMIT MAX_WAIT`` — wait up to MAX_WAIT s for one lease; answers admitted or not;
-- ``release`` — give back every held lease;
+- ``acquire EID LIMIT MAX_WAIT`` — wait up to MAX_WAIT s for one lease; answers ``time.time()``
+  of the admission, or false;
+- ``release1`` / ``release`` — give back one / every held lease (answers ``time.time()`` /
+  how many);
+- ``sessions EID LIMIT SECONDS WORKERS HOLD`` — WORKERS loops for SECONDS, each taking a lease
+  (waiting up to 2 s), holding it HOLD s and giving it back; answers the counts of admitted and
+  failed streams;
 - ``status`` — the store's status.
 
 Used by the multi-process tests and ``benchmarks/shared_state.py``.
@@ -52,8 +57,8 @@ async def _serve(url: str, lease_ttl: float) -> None:
         cmd, *args = line.split()
         out: object
         if cmd == "trip":
+            out = time.time()
             state.breakers.breaker(args[0]).trip("key rejected")
-            out = "ok"
         elif cmd == "state":
             out = state.breakers.breaker(args[0]).state.value
         elif cmd == "wait_open":
@@ -61,7 +66,7 @@ async def _serve(url: str, lease_ttl: float) -> None:
             limit = time.monotonic() + 10
             while b.state is not BreakerState.OPEN and time.monotonic() < limit:  # noqa: ASYNC110
                 await asyncio.sleep(0.0005)  # a bounded poll of the local view
-            out = time.time() - float(args[1])
+            out = time.time()
         elif cmd == "hold":
             ep = _endpoint(args[0], int(args[1]))
             got = await asyncio.gather(
@@ -74,7 +79,7 @@ async def _serve(url: str, lease_ttl: float) -> None:
             ep = _endpoint(args[0], int(args[1]))
             try:
                 held.append(await state.admission.acquire(ep, max_wait=float(args[2])))
-                out = True
+                out = time.time()
             except AdmissionRefused:
                 out = False
         elif cmd == "release":
@@ -82,12 +87,41 @@ async def _serve(url: str, lease_ttl: float) -> None:
                 p.release()
             out = len(held)
             held.clear()
+            await state.flush()
+        elif cmd == "release1":
+            out = time.time()
+            held.pop().release()
+            await state.flush()
+        elif cmd == "sessions":
+            ep = _endpoint(args[0], int(args[1]))
+            out = await _sessions(state, ep, float(args[2]), int(args[3]), float(args[4]))
         elif cmd == "status":
             out = state.status()
         else:
             out = f"unknown command {cmd}"
         print(json.dumps(out), flush=True)
     await state.aclose()
+
+
+async def _sessions(
+    state: RedisState, ep: STTEndpoint, seconds: float, workers: int, hold: float
+) -> dict[str, int]:
+    counts = {"admitted": 0, "failed": 0}
+    end = time.monotonic() + seconds
+
+    async def worker() -> None:
+        while time.monotonic() < end:
+            try:
+                permit = await state.admission.acquire(ep, max_wait=2.0)
+            except AdmissionRefused:
+                counts["failed"] += 1
+                continue
+            counts["admitted"] += 1
+            await asyncio.sleep(hold)
+            permit.release()
+
+    await asyncio.gather(*(worker() for _ in range(workers)))
+    return counts
 
 
 class Replica:

@@ -34,7 +34,6 @@ from sttrouter.resilience import (
     CircuitBreaker,
     HealthStatus,
     HealthView,
-    HealthViews,
 )
 from sttrouter.resilience.breaker import StateListener
 from sttrouter.state._ledger import FailureRecord
@@ -110,7 +109,7 @@ class RedisState(InMemoryState):
         self._breakers.trial_gate = self._trial_gate
         self._usage.on_add = self._usage_added
         self.leased.on_use = self._ensure_started
-        self._view = HealthViews([self._breakers, self._health, _RemoteHealth(self)])
+        self._remote_view = _RemoteHealth(self)  # joins the health views on first use
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> Self:
@@ -377,6 +376,7 @@ class RedisState(InMemoryState):
                     )
                 )
             elif kind == "health":
+                self._health.add(self._remote_view)
                 self._remote_health[eid] = (
                     msg["status"],
                     time.monotonic() + self.settings.health_ttl,
@@ -518,6 +518,7 @@ class RedisState(InMemoryState):
                     )
                 )
         if health and health_ttl > 0:
+            self._health.add(self._remote_view)
             self._remote_health[eid] = (health.decode(), time.monotonic() + health_ttl / 1000)
         if usage:
             self._usage.set_fleet(

@@ -105,6 +105,7 @@ class LeasedAdmission(AdmissionController):
         self._queued: dict[str, int] = {}
         self._released: dict[str, asyncio.Event] = {}
         self._limits: dict[str, int] = {}
+        self._claims: dict[str, asyncio.Lock] = {}
         self.on_use: Callable[[], None] | None = None
         """Called whenever a limit is asked about (the store starts itself from here)."""
 
@@ -216,8 +217,14 @@ class LeasedAdmission(AdmissionController):
         async def op(r: Redis) -> Any:
             return await r.eval(ACQUIRE, 1, key, lease_id, limit, ttl_ms)
 
+        # one claim in flight per endpoint: a burst of streams queues here (each claim is one
+        # round trip) instead of opening a connection each and overrunning the deadline
+        lock = self._claims.setdefault(eid, asyncio.Lock())
         try:
-            admitted, count = await self._link.call(op)
+            async with lock:
+                if not self.shared():
+                    return super().try_acquire(endpoint)
+                admitted, count = await self._link.call(op)
         except Exception:
             return super().try_acquire(endpoint)  # the server is down: the fallback limit
         self._fleet[eid] = int(count)
