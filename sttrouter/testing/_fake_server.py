@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import socket
 import wave
 from collections.abc import Iterable, Sequence
@@ -22,6 +23,7 @@ import attrs
 
 from sttrouter.errors import ConfigError, MissingDependency
 from sttrouter.testing._faults import FaultKind, FaultPlan
+from sttrouter.testing._quiet import MANGLED
 
 __all__ = [
     "FakeStreamSession",
@@ -215,6 +217,12 @@ class ServerFault:
         stall: stop answering (keep the socket open, accept audio, send nothing).
         empty: from now on, finals carry no words.
         session: which streaming session it hits (0 = the first); ``None`` hits every one.
+        final: a quiet fault on the ``nth`` final (a :class:`~sttrouter.testing.FaultKind`
+            of :data:`~sttrouter.testing.FINAL_FAULTS`, or ``BAD_AUDIO``: the close above
+            comes instead of that final).
+        nth: which final of the session ``final`` hits (0 = the first).
+        echo_key: the error text repeats the client's ``Authorization`` value.
+        read_stall: stop reading the socket, close, and hold the connection open.
     """
 
     after: float | None = None
@@ -227,6 +235,10 @@ class ServerFault:
     stall: bool = False
     empty: bool = False
     session: int | None = None
+    final: FaultKind | None = None
+    nth: int = 0
+    echo_key: bool = False
+    read_stall: bool = False
 
     def applies_to(self, index: int) -> bool:
         return self.session is None or self.session == index
@@ -309,7 +321,9 @@ def vendor_faults(
                 f"fault {f.kind.value!r} is not supported by this fake server; "
                 f"use one of {', '.join(sorted(k.value for k in table))} or a ServerFault"
             )
-        if f.after is not None:
+        if f.on_final:
+            wire = attrs.evolve(wire, final=f.kind, nth=f.nth, http_status=None)
+        elif f.after is not None:
             wire = attrs.evolve(wire, after=f.after, http_status=None)
         out.append(attrs.evolve(wire, session=f.stream))
     return tuple(out)
@@ -333,9 +347,15 @@ class FakeStreamSession:
         self.index = index
         self.player = ScriptPlayer(script)
         self.faults = [f for f in faults if f.after is not None and f.applies_to(index)]
+        self.final_faults = [f for f in faults if f.final is not None and f.applies_to(index)]
         self.bytes_per_second = bytes_per_second
         self.stalled = False
         self.empty = False
+        self.over = False
+        self.stopping = False
+        self.finals = 0
+        self.hold: asyncio.Event | None = None
+        """Set by the server: a read-stalled session waits for it before it ends."""
 
     @property
     def seconds(self) -> float:
@@ -356,7 +376,58 @@ class FakeStreamSession:
                 return False
         return True
 
+    def final_fault(self) -> ServerFault | None:
+        """The quiet fault that hits the final about to be sent, if any (counts it)."""
+        n = self.finals
+        self.finals += 1
+        for f in self.final_faults:
+            if f.final is FaultKind.INTERIMS_ONLY and n >= f.nth:
+                return f
+            if f.final is FaultKind.NO_LAST_FINAL and self.stopping:
+                return f
+            if f.final not in (FaultKind.INTERIMS_ONLY, FaultKind.NO_LAST_FINAL) and n == f.nth:
+                return f
+        return None
+
+    async def send_final(self, message: dict[str, Any], fault: ServerFault | None) -> None:
+        """Send a final (its wire dict), as ``fault`` mangles it, withholds it, or replaces
+        it with a close."""
+        if fault is None:
+            await self.send_json(message)
+            return
+        kind = fault.final
+        if kind is FaultKind.BAD_AUDIO:
+            self.over = True
+            await self.apply(attrs.evolve(fault, final=None))
+            return
+        if kind is FaultKind.UNPARSEABLE_FINAL:
+            await self.send_json(self.unparseable(message))
+        elif kind in MANGLED:
+            fields = {k: v for k, v in MANGLED[kind].items() if k in message}
+            await self.send_json({**message, **fields})
+        # SKIP_FINAL, INTERIMS_ONLY, NO_LAST_FINAL: nothing is sent
+
+    def unparseable(self, message: dict[str, Any]) -> dict[str, Any]:
+        """A final the vendor's SDK cannot fit to its schema."""
+        return {**message, "channel": "garbage"}
+
+    async def send_json(self, message: dict[str, Any]) -> None:
+        if not self.stalled:
+            await self.ws.send_text(json.dumps(message))
+
+    def echo(self, text: str) -> str:
+        """``text`` followed by the client's Authorization value (a server that echoes it)."""
+        return f"{text}: {self.ws.headers.get('authorization', '')}"
+
     async def apply(self, fault: ServerFault) -> bool:
+        if fault.echo_key:
+            fault = attrs.evolve(fault, reason=self.echo(fault.reason), echo_key=False)
+        if fault.read_stall:
+            self.over = True
+            await self.reject(fault.close_code or 1008, fault.reason, in_band=False)
+            if self.hold is not None:
+                await self.hold.wait()  # never read again until the server stops
+            return False
         if fault.stall:
             self.stalled = True
         if fault.empty:
@@ -386,11 +457,17 @@ class FakeVendorServer:
         self._socket: socket.socket | None = None
         self.port = 0
         self.faults: tuple[ServerFault, ...] = ()
+        self.released = asyncio.Event()
+        """Set when the server stops: read-stalled sessions end then."""
 
     def _handshake_fault(self, session: int | None = None) -> ServerFault | None:
         """The fault at connect for streaming session ``session`` (``None``: a REST call)."""
         return next(
-            (f for f in self.faults if f.after is None and f.session in (None, session)),
+            (
+                f
+                for f in self.faults
+                if f.after is None and f.final is None and f.session in (None, session)
+            ),
             None,
         )
 
@@ -435,6 +512,7 @@ class FakeVendorServer:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self.released.set()
         if self._server is not None:
             self._server.should_exit = True
         if self._task is not None:

@@ -22,13 +22,18 @@ What it serves:
 
 Faults: a :class:`~sttrouter.testing.FaultPlan` (auth → 401 / close 1008, quota → 402,
 rate limit → 429 / close 1013, drop → close 1011 ``NET-0000``, connect fail → 503, malformed
-→ a non-JSON frame, stall, empty finals) or a list of
+→ a non-JSON frame, stall, empty finals, bad audio → close 1002 ``DATA-0000``, key echo →
+401 / close 1008 repeating the ``Authorization`` value, read stall → close 1008 and no more
+reading; and the quiet liars on the ``nth`` final: skipped, unparseable for deepgram-sdk
+(it yields ``None``), NaN / infinite / 1e12 / negative times, ``"is_final": "false"``,
+interims only, no final for ``Finalize`` / ``CloseStream``) or a list of
 :class:`~sttrouter.testing.ServerFault` for anything else (in-band ``Error``, 1002
 ``DATA-0000``...).
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 import wave
 from typing import Any
@@ -50,7 +55,7 @@ from sttrouter.testing._fake_server import (
     vendor_faults,
     wav_seconds,
 )
-from sttrouter.testing._faults import FaultKind
+from sttrouter.testing._faults import FINAL_FAULTS, FaultKind
 from sttrouter.wire import deepgram as dg
 
 __all__ = ["DEEPGRAM_FAULTS", "FakeDeepgramServer"]
@@ -70,6 +75,18 @@ DEEPGRAM_FAULTS: dict[FaultKind, ServerFault] = {
     FaultKind.MALFORMED: ServerFault(malformed=True),
     FaultKind.STALL: ServerFault(stall=True),
     FaultKind.EMPTY_FINALS: ServerFault(empty=True),
+    FaultKind.BAD_AUDIO: ServerFault(close_code=1002, reason="DATA-0000"),
+    FaultKind.KEY_ECHO: ServerFault(
+        http_status=401,
+        close_code=1008,
+        reason="Invalid credentials",
+        in_band=False,
+        echo_key=True,
+    ),
+    FaultKind.READ_STALL_CLOSE: ServerFault(
+        close_code=1008, reason="Policy violation", read_stall=True
+    ),
+    **{kind: ServerFault(final=kind) for kind in FINAL_FAULTS if kind is not FaultKind.DEAF},
 }
 """How each :class:`~sttrouter.testing.FaultKind` shows on Deepgram's wire."""
 
@@ -156,15 +173,12 @@ class _Session(FakeStreamSession):
                     await self.send(self._results(utt, ev.count))
             elif isinstance(ev, UtteranceDone):
                 speech_final = not ev.forced and self.options.endpointing is not False
-                await self.send(
-                    self._results(
-                        utt,
-                        ev.count,
-                        is_final=True,
-                        speech_final=speech_final,
-                        from_finalize=finalize,
-                    )
+                final = self._results(
+                    utt, ev.count, is_final=True, speech_final=speech_final, from_finalize=finalize
                 )
+                await self.send_final(dg.server_message_dict(final), self.final_fault())
+                if self.over:
+                    return
                 if self.options.utterance_end_ms is not None and not ev.forced:
                     last = utt.words[ev.count - 1].end
                     self.pending_utterance_end = last + self.options.utterance_end_ms / 1000
@@ -175,6 +189,8 @@ class _Session(FakeStreamSession):
         self.record.audio_bytes += len(data)
         self.record.chunk_sizes.append(len(data))
         await self.play(self.player.advance(self.seconds))
+        if self.over:
+            return False
         if self.pending_utterance_end is not None and self.seconds >= self.pending_utterance_end:
             self.pending_utterance_end = None
             await self.send(dg.UtteranceEnd(last_word_end=self._last_word_end))
@@ -188,8 +204,13 @@ class _Session(FakeStreamSession):
             await self.send(dg.Error(description=str(exc), variant="SchemaError"))
             return True
         self.record.controls.append(msg.type)
+        # NO_LAST_FINAL: the finals a flush forces (the adapter sends Finalize, then
+        # CloseStream, when it stops) never come
+        self.stopping = msg.type in ("Finalize", "CloseStream")
         if msg.type in ("Finalize", "CloseStream"):
             await self.play(self.player.flush(), finalize=msg.type == "Finalize")
+        if self.over:
+            return False
         if msg.type == "CloseStream":
             await self.send(
                 dg.Metadata(
@@ -259,8 +280,16 @@ class FakeDeepgramServer(FakeVendorServer):
             return 401, '{"err_code":"INVALID_AUTH","err_msg":"Invalid credentials."}'
         fault = self._handshake_fault()
         if fault is not None and fault.http_status is not None:
-            return fault.http_status, f'{{"err_code":"FAULT","err_msg":"{fault.reason}"}}'
+            body = {"err_code": "FAULT", "err_msg": self._echo(fault, request.headers)}
+            return fault.http_status, json.dumps(body)
         return None
+
+    @staticmethod
+    def _echo(fault: ServerFault, headers: Any) -> str:
+        """The fault's reason, with the client's Authorization value when it echoes it."""
+        if not fault.echo_key:
+            return fault.reason
+        return f"{fault.reason}: {headers.get('authorization', '')}"
 
     def _remember(self, request: Any, status: int, body: bytes = b"") -> None:
         self.requests.append(
@@ -319,10 +348,12 @@ class FakeDeepgramServer(FakeVendorServer):
             return
         fault = self._handshake_fault(len(self.sessions) - 1)
         if fault is not None and fault.http_status is not None:
-            await ws.send_denial_response(Response(fault.reason, status_code=fault.http_status))
+            reason = self._echo(fault, ws.headers)
+            await ws.send_denial_response(Response(reason, status_code=fault.http_status))
             return
         await ws.accept()
         session = _Session(self, ws, record)
+        session.hold = self.released
         if fault is not None and not await session.apply(fault):
             return
         if not await session.check_faults():

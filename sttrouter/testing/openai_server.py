@@ -7,9 +7,11 @@ a real socket (127.0.0.1, port 0), built on the same pure wire module the client
 default it reads :func:`~sttrouter.testing.synthetic_speech` marks back as ``w<n>`` words.
 
 Faults are injected per request with :meth:`FakeOpenAITranscriptionServer.fail_next`
-(HTTP errors in any of the error shapes, or an error in the middle of an SSE stream) and
+(HTTP errors in any of the error shapes, or an error in the middle of an SSE stream),
 :meth:`loop_next` (a repetition loop, as GLM-ASR produces, unless the request asks for a
-repetition penalty). Needs the ``server`` extra (starlette, uvicorn)::
+repetition penalty) and :meth:`fault_next` (hostile answers: an HTML page with status 200, a
+huge body, a 401 echoing the key, a 413 for good audio). Needs the ``server`` extra
+(starlette, uvicorn)::
 
     async with FakeOpenAITranscriptionServer(flavor="sglang") as server:
         endpoint = glm_server_endpoint(server.url)
@@ -27,6 +29,7 @@ import attrs
 import numpy as np
 
 from sttrouter.errors import MissingDependency
+from sttrouter.testing._faults import FaultKind
 from sttrouter.testing._speech import MARK_BASE, mark_word
 from sttrouter.wire import openai as wire
 from sttrouter.wire.openai import Flavor
@@ -119,6 +122,8 @@ class FakeOpenAITranscriptionServer:
         self.healthy = True
         self.delay = 0.0
         self._errors: list[InjectedError] = []
+        self._faults: list[FaultKind] = []
+        self.huge_body_bytes = 10 * 1024 * 1024
         self._loops = 0
         self._server: Any = None
 
@@ -126,6 +131,19 @@ class FakeOpenAITranscriptionServer:
     def fail_next(self, error: InjectedError | None = None, *, times: int = 1) -> None:
         """The next ``times`` transcription requests fail with ``error``."""
         self._errors.extend([error or InjectedError()] * times)
+
+    def fault_next(self, kind: FaultKind | str, *, times: int = 1) -> None:
+        """The next ``times`` transcription requests meet a hostile server: ``html_200`` (a
+        proxy's "502 Bad Gateway" page with status 200), ``huge_body`` (a 200 JSON answer of
+        :attr:`huge_body_bytes`), ``key_echo`` (a 401 whose body repeats the request's
+        ``Authorization`` value) or ``bad_audio`` (a 413 for audio that is fine)."""
+        kind = FaultKind(kind)
+        if kind not in _HTTP_FAULTS:
+            raise ValueError(
+                f"{kind.value!r} is not an HTTP fault; use one of "
+                f"{', '.join(sorted(k.value for k in _HTTP_FAULTS))}"
+            )
+        self._faults.extend([kind] * times)
 
     def loop_next(self, times: int = 1) -> None:
         """The next ``times`` transcriptions fall into a repetition loop, unless the request
@@ -244,6 +262,8 @@ class FakeOpenAITranscriptionServer:
             )
         if req.response_format not in ("json", "text"):
             return self._error(400, f"response_format {req.response_format!r} is not supported")
+        if self._faults:
+            return self._hostile(self._faults.pop(0), request)
         injected = self._errors.pop(0) if self._errors else None
         if injected is not None and not (injected.mid_stream and req.stream):
             headers = {}
@@ -274,6 +294,19 @@ class FakeOpenAITranscriptionServer:
         if req.response_format == "text":
             return PlainTextResponse(text)
         return JSONResponse(wire.transcription_body(text, record.audio_seconds, self.flavor))
+
+    def _hostile(self, kind: FaultKind, request: Any) -> Any:
+        from starlette.responses import HTMLResponse, Response
+
+        if kind is FaultKind.HTML_200:
+            return HTMLResponse(_BAD_GATEWAY_PAGE)
+        if kind is FaultKind.HUGE_BODY:
+            text = "and then " * (self.huge_body_bytes // 9)
+            return Response(json.dumps({"text": text}), media_type="application/json")
+        if kind is FaultKind.KEY_ECHO:
+            echoed = request.headers.get("authorization", "")
+            return self._error(401, f"Invalid API key in header Authorization: {echoed}")
+        return self._error(413, "Request Entity Too Large")
 
     async def _sse(
         self,
@@ -319,6 +352,16 @@ class FakeOpenAITranscriptionServer:
                 + "\n\n"
             ).encode()
         yield wire.sse_done()
+
+
+_HTTP_FAULTS = frozenset(
+    {FaultKind.HTML_200, FaultKind.HUGE_BODY, FaultKind.KEY_ECHO, FaultKind.BAD_AUDIO}
+)
+
+_BAD_GATEWAY_PAGE = (
+    "<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway"
+    "</h1></center><hr><center>nginx</center></body></html>"
+)
 
 
 def _mono(pcm: bytes, channels: int) -> bytes:
