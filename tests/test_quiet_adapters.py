@@ -14,6 +14,7 @@ import gc
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -322,3 +323,15 @@ async def test_segment_errors_are_all_retrieved() -> None:
     finally:
         loop.set_exception_handler(None)
     assert not errors, errors
+
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "testing.md"
+
+
+async def test_the_quiet_liars_snippet_in_the_docs_runs() -> None:
+    section = DOCS.read_text().split("## Quiet liars and hostile servers", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    body = "".join(f"    {line}\n" for line in code.splitlines())
+    scope: dict[str, Any] = {}
+    exec(f"async def snippet():\n{body}", scope)
+    await scope["snippet"]()
