@@ -70,9 +70,15 @@ class Hedger:
     _journal: Journal
     _buf: ReplayBuffer
 
-    def __init__(self, config: HedgeConfig, hooks: HedgeHooks, legs: LegPool) -> None:
+    def __init__(
+        self,
+        config: HedgeConfig,
+        hooks: HedgeHooks,
+        legs: LegPool,
+        hold: Callable[[str, float], None] = lambda _id, _seconds: None,
+    ) -> None:
         self.gate = HedgeGate(config)
-        self._hooks, self._legs = hooks, legs
+        self._hooks, self._legs, self._hold = hooks, legs, hold
         self.leg: Leg | None = None
         self._opening = False
 
