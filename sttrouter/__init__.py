@@ -44,6 +44,7 @@ from sttrouter.providers import create_service, register_provider
 from sttrouter.results import STTResult, Transcript, WordTimestamp
 from sttrouter.service import AudioStream, BaseSTTService, ServiceFactory, STTService
 from sttrouter.session import RoutedSession, SessionConfig
+from sttrouter.session.hedge import HedgeConfig
 
 __version__ = "0.1.0"
 
@@ -70,6 +71,7 @@ __all__ = [
     "EndpointMisconfigured",
     "EndpointRegistry",
     "ErrorKind",
+    "HedgeConfig",
     "Location",
     "MalformedResponse",
     "MissingDependency",

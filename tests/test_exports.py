@@ -51,6 +51,7 @@ PUBLIC_API = [
     "EndpointMisconfigured",
     "EndpointRegistry",
     "ErrorKind",
+    "HedgeConfig",
     "Location",
     "MalformedResponse",
     "MissingDependency",
