@@ -9,4 +9,5 @@ import pytest
 def anyio_backend() -> str:
     return "asyncio"
 
+
 from redis_fixture import redis_server  # noqa: E402,F401  (a real redis-server per test)
