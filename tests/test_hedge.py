@@ -51,23 +51,71 @@ def kinds(run) -> list[str]:
     return [k for k in run.kinds() if k.startswith("hedge")]
 
 
+def billed_twice(s: RoutedSession, speech=SPEECH) -> float:
+    """Seconds of audio billed beyond the audio spoken."""
+    return sum(u.audio_seconds for u in s.usage().values()) - speech.duration
+
+
 async def test_a_slow_endpoint_is_hedged_and_the_hedge_wins() -> None:
     clock = FakeClock()
     services, factory = engines(clock, slow(3.0, after=2.0), None)
     s = session(clock, services, factory, HedgeConfig(after=0.5, max_share=1.0))
     run = await drive(clock, s, SPEECH)
     check_coverage(SPEECH, run, chain=("a", "b"))
-    assert kinds(run)[:2] == ["hedge_opened", "hedge_won"]
+    assert kinds(run) == ["hedge_opened", "hedge_won"]
     opened = next(e for e in run.events if e.kind is RouteEventKind.HEDGE_OPENED)
     assert (opened.endpoint_id, opened.previous_endpoint_id) == ("b", "a")
     assert "no result from a" in opened.reason
-    # b's finals after the win (a takes the stream back at the next boundary: it is first)
-    assert [r.endpoint_id for r in run.finals[:4]] == ["a", "a", "b", "b"]
-    assert "switched_back" in run.kinds()
+    # b serves from the win on: a beat endpoint is held off (hold_after_win, 30 s)
+    owners = [r.endpoint_id for r in run.finals]
+    assert owners[:2] == ["a", "a"]
+    assert set(owners[2:]) == {"b"}
+    assert "switched_back" not in run.kinds()
     usage = s.usage()
+    # the audio billed twice is exactly what the hedge was sent while both legs ran
+    assert billed_twice(s) == pytest.approx(usage["b"].hedged_seconds)
     assert usage["b"].hedged_seconds > 0
     assert usage["a"].hedged_seconds == 0
     assert usage["b"].hedged_seconds < usage["b"].audio_seconds
+
+
+@pytest.mark.parametrize(("hold", "back_after"), [(0.0, 4), (3.0, 7)])
+async def test_a_beaten_endpoint_takes_the_stream_back_once_its_hold_is_over(
+    hold: float, back_after: int
+) -> None:
+    clock = FakeClock()
+    services, factory = engines(clock, slow(3.0, after=2.0, stream=0), None)
+    config = HedgeConfig(after=0.5, max_share=1.0, hold_after_win=hold)
+    run = await drive(clock, session(clock, services, factory, config), SPEECH)
+    check_coverage(SPEECH, run, chain=("a", "b"))
+    assert run.kinds()[-1] == "switched_back"
+    won = next(e for e in run.events if e.kind is RouteEventKind.HEDGE_WON)
+    back = next(e for e in run.events if e.kind is RouteEventKind.SWITCHED_BACK)
+    assert back.clock_time >= won.clock_time + hold
+    owners = [r.endpoint_id for r in run.finals]
+    assert owners[back_after - 1 :] == ["b"] + ["a"] * (len(owners) - back_after)
+
+
+async def test_a_failover_to_the_hedge_is_not_held() -> None:
+    clock = FakeClock()
+    plan = FaultPlan(
+        [
+            Fault(FaultKind.LATENCY, after=2.0, seconds=3.0, stream=0),
+            Fault(FaultKind.DROP, after=2.6, stream=0),
+        ]
+    )
+    services, factory = engines(clock, plan, None)
+    config = HedgeConfig(after=0.5, max_share=1.0, hold_after_win=1000.0)
+    s = RoutedSession(
+        [x.endpoint for x in services],
+        service_factory=factory,
+        clock=clock,
+        config=SessionConfig(hedge=config, retry_failed_after=1.0),
+    )
+    run = await drive(clock, s, SPEECH)
+    check_coverage(SPEECH, run, chain=("a", "b"))
+    assert "the first endpoint failed" in run.events[run.kinds().index("hedge_won")].reason
+    assert "switched_back" in run.kinds()  # the failed endpoint is back once usable
 
 
 async def test_the_first_endpoint_wins_and_the_hedge_is_cancelled() -> None:
@@ -198,3 +246,33 @@ def test_the_cost_cap_holds_under_random_faults(faults, share, after) -> None:
         assert stats.hedged_bytes <= share * stats.total_bytes
 
     anyio.run(main)
+
+
+async def test_stop_streaming_does_not_wait_for_a_slow_first_endpoint() -> None:
+    clock = FakeClock()
+    # a turns slow (4 s) for the last utterance; the hedge opens, and its last final (0.4 s
+    # late) comes after stop_streaming was called
+    services, factory = engines(clock, slow(4.0, after=7.0), slow(0.4))
+    s = session(clock, services, factory, HedgeConfig(after=0.3, max_share=1.0))
+    run = await drive(clock, s, SPEECH)
+    check_coverage(SPEECH, run, chain=("a", "b"))
+    assert kinds(run) == ["hedge_opened", "hedge_won"]
+    assert run.events[-1].reason == "it delivered the last finals first"
+    assert run.finals[-1].endpoint_id == "b"
+    assert clock.now() < SPEECH.duration + 4.0  # a's last final was not waited for
+    assert not any(leg_open for leg_open in (services[0].is_streaming, services[1].is_streaming))
+    assert billed_twice(s) == pytest.approx(s.usage()["b"].hedged_seconds)
+
+
+async def test_stop_streaming_with_a_hedge_lets_the_faster_first_endpoint_finish() -> None:
+    clock = FakeClock()
+    # b is slower still: a's last finals come first and the hedge is cancelled at the end
+    services, factory = engines(clock, slow(0.6, after=7.0), slow(3.0))
+    s = session(clock, services, factory, HedgeConfig(after=0.3, max_share=1.0))
+    run = await drive(clock, s, SPEECH)
+    check_coverage(SPEECH, run, chain=("a", "b"))
+    assert kinds(run)[0] == "hedge_opened"
+    assert run.events[-1].kind is RouteEventKind.HEDGE_CANCELLED
+    assert run.events[-1].reason == "the stream ended"
+    assert all(r.endpoint_id == "a" for r in run.finals)
+    assert billed_twice(s) == pytest.approx(s.usage()["b"].hedged_seconds)

@@ -256,17 +256,45 @@ class StreamControl:
     # -- finishing ------------------------------------------------------------------------
     async def finish_legs(self) -> None:
         """Finish the serving leg, failing over until one delivers its last finals and no
-        span with speech is left without a final (the audit at the end of the stream)."""
+        span with speech is left without a final (the audit at the end of the stream). With
+        a hedge running, both are finished at once and the first to deliver its last finals
+        ends the stream: a slow first endpoint is not waited for."""
         while True:
             await self.catch_up()
             leg = self.leg
             assert leg is not None
-            if await leg.finish() and self.results.audit_gap(leg, self.buf.end):
-                self._breakers.breaker(leg.endpoint.id).record_success()
-                await self.legs.close(leg)
+            hedge = self.hedger.leg if self.hedger is not None else None
+            if hedge is not None and hedge.healthy:
+                done = await self._finish_either(leg, hedge)
+            else:
+                done = leg if await self._finished(leg) else None
+            if done is not None:
                 if self.hedger is not None:
-                    self.hedger.cancel("the stream ended")
+                    self.hedger.finished(done, leg)
+                self._breakers.breaker(done.endpoint.id).record_success()
+                await self.legs.close(done)
                 return
+
+    async def _finished(self, leg: Leg) -> bool:
+        """``leg`` delivered its last finals and they leave no span with speech uncovered."""
+        return await leg.finish() and self.results.audit_gap(leg, self.buf.end)
+
+    async def _finish_either(self, leg: Leg, hedge: Leg) -> Leg | None:
+        """Finish the serving leg and the hedge together: the first of them to deliver its
+        last finals (the other is left to be closed), or ``None`` when neither does."""
+        tasks = {asyncio.ensure_future(self._finished(x)): x for x in (leg, hedge)}
+        try:
+            while tasks:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    finisher = tasks.pop(task)
+                    if task.result():
+                        return finisher
+            return None
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     # -- who serves -----------------------------------------------------------------------
     def serve(self, leg: Leg) -> None:

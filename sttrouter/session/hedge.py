@@ -79,6 +79,11 @@ def _positive_or_none(_inst: object, attr: attrs.Attribute[Any], value: float | 
         raise ConfigError(f"{attr.name} must be positive, got {value!r}", field=attr.name)
 
 
+def _not_negative(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
+    if not value >= 0:
+        raise ConfigError(f"{attr.name} must not be negative, got {value!r}", field=attr.name)
+
+
 def _percent(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
     if not 0 < value <= 100:
         raise ConfigError(f"{attr.name} must lie in (0, 100], got {value!r}", field=attr.name)
@@ -96,7 +101,13 @@ class HedgeConfig:
         min_samples: observations of an endpoint before its percentile is trusted.
         initial_after: the threshold while an endpoint has fewer than ``min_samples``.
         max_share: hedged audio stays at or below this share of all audio received (a hedge
-            that would pass it is not opened, and a running one is cancelled).
+            that would pass it is not opened, and a running one is cancelled). Hedged audio is
+            what the second endpoint is sent while both run: it is exactly the audio billed
+            twice, whichever of the two wins.
+        hold_after_win: after a hedge won because the first endpoint was slow, the stream is
+            not switched back to that endpoint for this many seconds (a slow endpoint is
+            usually slow for a while, and every move replays audio). ``0``: switch back at the
+            next utterance boundary. A failover or a re-route is never held.
         stats: the audio tallies and response times, shared by every session that shares
             this config (the sessions of one context share its ``session_config``), so the
             cap and the percentile hold across them.
@@ -107,6 +118,7 @@ class HedgeConfig:
     min_samples: int = 20
     initial_after: float = attrs.field(default=1.0, validator=_positive_or_none)
     max_share: float = attrs.field(default=0.10, validator=_share)
+    hold_after_win: float = attrs.field(default=30.0, validator=_not_negative)
     stats: HedgeStats = attrs.field(factory=HedgeStats, eq=False, repr=False)
 
 

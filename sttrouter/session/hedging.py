@@ -6,8 +6,11 @@ like a failover (the session's catch-up feeds it, under the stream lock) and the
 live audio too. It ends in one of three ways, each with an event:
 
 - its final for an utterance is delivered first: at that boundary it *wins*, becomes the
-  serving leg and the first one is closed (``HEDGE_WON``); the same when the serving leg
-  fails while the hedge is healthy (the hedge takes over without a replay);
+  serving leg and the first one is closed (``HEDGE_WON``), and the session does not switch
+  back to the beaten endpoint for ``HedgeConfig.hold_after_win`` seconds; the same, without
+  the hold, when the serving leg fails while the hedge is healthy (the hedge takes over
+  without a replay), and when the stream ends and the hedge delivers its last finals first
+  (``stop_streaming`` does not wait for the slow first endpoint);
 - the serving leg's final comes first, the hedge fails, the cost cap is reached or the
   stream ends: it is closed (``HEDGE_CANCELLED``).
 
@@ -227,6 +230,7 @@ class Hedger:
                 return
             if winner is hedge and hedge.healthy:
                 self._won(hedge, primary, "its final for the utterance came first")
+                self._hold(primary.endpoint.id, self.gate.config.hold_after_win)
             elif winner is primary:
                 self.cancel(f"the final of {primary.endpoint.id} came first")
             await hooks.catch_up()
@@ -244,6 +248,17 @@ class Hedger:
             reason += f": {failed.failure.message}"
         self._won(hedge, failed, reason)
         return hedge
+
+    def finished(self, winner: Leg, primary: Leg) -> None:
+        """The stream ended and ``winner`` delivered its last finals first: a hedge that did
+        wins (the slow first endpoint is not waited for); else the hedge is cancelled."""
+        hedge = self.leg
+        if hedge is None:
+            return
+        if winner is hedge:
+            self._won(hedge, primary, "it delivered the last finals first")
+        else:
+            self.cancel("the stream ended")
 
     def _won(self, hedge: Leg, primary: Leg, reason: str) -> None:
         self._release(hedge)
