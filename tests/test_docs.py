@@ -70,7 +70,11 @@ class Block:
 
     @property
     def where(self) -> str:
-        return f"{self.path.relative_to(REPO)}:{self.line}"
+        inside = self.path.is_relative_to(REPO)
+        shown = (
+            self.path.relative_to(REPO) if inside else Path(self.path.parent.name, self.path.name)
+        )
+        return f"{shown}:{self.line}"
 
 
 def blocks_of(path: Path) -> list[Block]:
@@ -236,3 +240,133 @@ async def test_doc_block_runs(
     block: Block, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await run_block(block, tmp_path, monkeypatch)
+
+
+# -- the collector itself ----------------------------------------------------------------------
+
+BROKEN = """\
+# A page
+
+```python
+print(undefined_name)
+```
+
+<!-- docs-test: skip shows a fragment -->
+
+```python
+print(also_undefined)
+```
+
+  ```toml
+  [[endpoints]]
+  id = "x"
+  ```
+
+<!-- docs-test: skip -->
+```toml
+what = 1
+```
+
+```toml
+what = 1
+```
+
+<!-- docs-test: fixture no-such-fixture -->
+```python
+pass
+```
+
+<!-- docs-test: explode -->
+```python
+pass
+```
+
+```python
+def test_fails():
+    assert 1 == 2
+```
+
+```sh
+not collected
+```
+"""
+
+
+@pytest.fixture
+def broken_page(tmp_path: Path) -> list[Block]:
+    page = tmp_path / "docs" / "broken.md"
+    page.parent.mkdir()
+    page.write_text(BROKEN)
+    return blocks_of(page)
+
+
+def test_blocks_are_found_with_their_markers(broken_page: list[Block]) -> None:
+    assert [(b.line, b.lang, b.marker, b.marker_arg) for b in broken_page] == [
+        (3, "python", None, ""),
+        (9, "python", "skip", "shows a fragment"),
+        (13, "toml", None, ""),
+        (19, "toml", "skip", ""),
+        (23, "toml", None, ""),
+        (28, "python", "fixture", "no-such-fixture"),
+        (33, "python", "explode", ""),
+        (37, "python", None, ""),
+    ]
+    assert broken_page[2].code == '[[endpoints]]\nid = "x"\n'  # the fence's indent is removed
+
+
+async def _outcome(block: Block, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    work = tmp_path / f"run-{block.line}"
+    work.mkdir()
+    try:
+        await run_block(block, work, monkeypatch)
+    except pytest.skip.Exception as skipped:
+        return f"skipped: {skipped.msg}"
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return "ran"
+
+
+async def test_a_broken_block_fails_and_a_marked_one_is_skipped(
+    broken_page: list[Block], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outcomes = [await _outcome(b, tmp_path, monkeypatch) for b in broken_page]
+    assert outcomes[0] == "NameError: name 'undefined_name' is not defined"
+    assert outcomes[1] == "skipped: docs/broken.md:9: shows a fragment"
+    assert "the registry table is [[endpoint]], not [[endpoints]]" in outcomes[2]
+    assert "a docs-test skip needs a reason" in outcomes[3]
+    assert "no loader takes this TOML block" in outcomes[4]
+    assert "unknown docs-test fixture 'no-such-fixture'" in outcomes[5]
+    assert "unknown docs-test marker 'explode'" in outcomes[6]
+    assert outcomes[7].startswith("AssertionError")
+    assert "1 failed" in outcomes[7]
+
+
+async def test_top_level_await_runs_in_the_loop() -> None:
+    scope = await exec_python("import anyio\nawait anyio.sleep(0)\ndone = True\n", "<t>")
+    assert scope["done"] is True
+
+
+def test_an_unclosed_fence_is_reported(tmp_path: Path) -> None:
+    page = tmp_path / "open.md"
+    page.write_text("```python\nprint(1)\n")
+    with pytest.raises(AssertionError, match="never closed"):
+        blocks_of(page)
+
+
+def test_every_doc_page_has_blocks_collected() -> None:
+    assert {b.path.name for b in ALL_BLOCKS} >= {"README.md", "routing.md", "testing.md"}
+    assert len(ALL_BLOCKS) >= 40
+
+
+_INTERNAL = re.compile(r"DESIGN|reference/|\bthe seed\b|seed's|seed document|§|--seed-scenario\b")
+
+
+@pytest.mark.parametrize("path", DOC_FILES, ids=[p.name for p in DOC_FILES])
+def test_docs_cite_only_what_a_user_has(path: Path) -> None:
+    """No planning notes, section signs or former option names a reader cannot look up."""
+    hits = [
+        f"{path.name}:{n}: {line.strip()}"
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if _INTERNAL.search(line) and "former name" not in line
+    ]
+    assert not hits, hits
